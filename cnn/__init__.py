@@ -1,0 +1,1 @@
+"""A JAX/Flax codebase for studying convolutional networks."""
