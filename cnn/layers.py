@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn import errors
+
 Array = jax.Array
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -32,7 +34,7 @@ def get_activation(name: str) -> Callable[[Array], Array]:
   try:
     return ACTIVATIONS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.UserError(
         f'Unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}.'
     ) from None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from cnn import errors
 from cnn.models import base
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def register(name: str, backbone_cls: type[nn.Module], *, input_shape,
              **kwargs) -> None:
   """Registers `name` as `backbone_cls(**kwargs)` with a head."""
   if name in _REGISTRY:
-    raise ValueError(f'Model {name!r} is registered twice.')
+    raise errors.UserError(f'Model {name!r} is registered twice.')
   _REGISTRY[name] = ModelSpec(
       name=name, backbone_cls=backbone_cls, kwargs=dict(kwargs),
       input_shape=tuple(input_shape), num_classes=num_classes,
@@ -75,7 +76,7 @@ def get_spec(name: str) -> ModelSpec:
   except KeyError:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f' Did you mean {close}?' if close else ''
-    raise ValueError(
+    raise errors.UserError(
         f'Unknown model {name!r}.{hint} Valid names: {list_models()}. '
         'Run `python -m cnn.summary --list` to see them with descriptions.'
     ) from None
@@ -101,7 +102,7 @@ def create_model(name: str, *, num_classes: int | None = None,
   valid = backbone_fields(spec)
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
-    raise ValueError(
+    raise errors.UserError(
         f'Model {name!r} has no option(s) {unknown}. Valid options for its '
         f'backbone {spec.backbone_cls.__name__}: {valid}.')
   kwargs = dict(spec.kwargs, **overrides)
@@ -121,7 +122,7 @@ def check_input_shape(name: str, input_shape) -> None:
   spec = get_spec(name)
   h, w = input_shape[:2]
   if min(h, w) < spec.min_input_size:
-    raise ValueError(
+    raise errors.UserError(
         f'Input {h}x{w} is too small for model {name!r}: it needs at least '
         f'{spec.min_input_size}x{spec.min_input_size} (its natural input is '
         f'{spec.input_shape[0]}x{spec.input_shape[1]}). Choose a small-image '

@@ -1,0 +1,52 @@
+"""Data-parallel placement over a `jax.sharding.Mesh` with one 'data' axis.
+
+Parameters and optimizer state are replicated; batches are split along their
+first (batch) axis across every device of every process.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cnn import errors
+
+DATA_AXIS = 'data'
+
+
+def create_mesh() -> Mesh:
+  """A 1-D mesh over all devices of all processes."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, what: str = 'batch size') -> None:
+  """Fails with the fix when the batch does not split evenly over devices."""
+  n = jax.device_count()
+  if global_batch_size % n:
+    lower = global_batch_size - global_batch_size % n
+    raise errors.UserError(
+        f'The global {what} {global_batch_size} does not divide evenly over '
+        f'{n} devices. Use a multiple of {n}, e.g. '
+        f'--config.input.batch_size={max(n, lower)} or {lower + n}.')
+
+
+def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh
+                     ) -> dict[str, jax.Array]:
+  """Turns this process's slice of a global batch into sharded global arrays.
+
+  Each process passes its own rows (global batch / process count); the result
+  is one array spanning all processes, sharded on the batch axis.
+  """
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}

@@ -1,0 +1,152 @@
+"""Pure training and evaluation steps (compiled with `jax.jit` by train.py).
+
+Metrics are accumulated on the device in a small dict of sums, so the host
+reads them only at log intervals (no host sync per step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+Batch = dict[str, Array]
+Metrics = dict[str, Array]
+
+# Step index stored in `first_nonfinite_step` while no bad step was seen.
+NO_STEP = 2**31 - 1
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training; a pytree (checkpointable).
+
+  Attributes:
+    step: optimizer steps taken so far (int32 scalar).
+    params: model parameters (float32).
+    batch_stats: batch-norm running statistics ({} for models without).
+    opt_state: optax state.
+    rng: base PRNG key (uint32[2]); dropout at step s uses fold_in(rng, s).
+    apply_fn, tx: static (not saved).
+  """
+
+  step: Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: Array
+  apply_fn: Callable = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformationExtraArgs = flax.struct.field(
+      pytree_node=False)
+
+  def variables(self, params=None) -> dict:
+    variables = {'params': self.params if params is None else params}
+    if self.batch_stats:
+      variables['batch_stats'] = self.batch_stats
+    return variables
+
+
+def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
+                  ) -> Array:
+  """Per-example cross-entropy. logits [B, K] float32, labels [B] int -> [B]."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def empty_train_metrics() -> Metrics:
+  """Zeroed on-device sums for `train_step`."""
+  zero = jnp.zeros((), jnp.float32)
+  return dict(loss_sum=zero, loss_count=zero, correct_sum=zero, count=zero,
+              nonfinite_count=jnp.zeros((), jnp.int32),
+              first_nonfinite_step=jnp.full((), NO_STEP, jnp.int32))
+
+
+def empty_eval_metrics() -> Metrics:
+  zero = jnp.zeros((), jnp.float32)
+  return dict(loss_sum=zero, correct_sum=zero, count=zero)
+
+
+def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
+               label_smoothing: float, aux_weight: float,
+               skip_nonfinite: bool) -> tuple[TrainState, Metrics]:
+  """One optimizer step on a global batch.
+
+  Args:
+    state: the current `TrainState` (replicated over the mesh).
+    metrics: running sums from `empty_train_metrics`.
+    batch: {'image': float [B, H, W, C], 'label': int32 [B]}, sharded on the
+      batch axis.
+    label_smoothing: label smoothing of the cross-entropy.
+    aux_weight: weight of auxiliary-classifier losses (GoogLeNet), if any.
+    skip_nonfinite: on a non-finite loss or gradient keep the old parameters
+      (the step still advances, so the data order is unchanged); otherwise
+      apply the update and let the host stop the run at the next log.
+
+  Returns:
+    The new state and the updated metric sums.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    (logits, out), updates = state.apply_fn(
+        state.variables(params), batch['image'], train=True,
+        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    for aux_logits in out.get('aux_logits', ()):
+      loss += aux_weight * cross_entropy(
+          aux_logits, batch['label'], label_smoothing).mean()
+    return loss, (logits, updates.get('batch_stats', {}))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params,
+                                       value=loss)
+  params = optax.apply_updates(state.params, updates)
+
+  finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  if skip_nonfinite:
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
+    batch_stats = keep(batch_stats, state.batch_stats)
+
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  count = jnp.asarray(batch['label'].shape[0], jnp.float32)
+  correct = (logits.argmax(-1) == batch['label']).sum()
+  metrics = dict(
+      loss_sum=metrics['loss_sum'] + jnp.where(finite, loss * count, 0.0),
+      loss_count=metrics['loss_count'] + jnp.where(finite, count, 0.0),
+      correct_sum=metrics['correct_sum'] + correct,
+      count=metrics['count'] + count,
+      nonfinite_count=metrics['nonfinite_count'] + (~finite).astype(jnp.int32),
+      first_nonfinite_step=jnp.where(
+          finite, metrics['first_nonfinite_step'],
+          jnp.minimum(metrics['first_nonfinite_step'], state.step)),
+  )
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, metrics: Metrics, batch: Batch,
+              ) -> Metrics:
+  """Adds one padded batch to the evaluation sums.
+
+  batch: {'image' [B, H, W, C], 'label' int32 [B], 'mask' [B]}; rows with
+  mask 0 are padding and do not count.
+  """
+  logits, _ = state.apply_fn(state.variables(), batch['image'], train=False)
+  mask = batch['mask'].astype(jnp.float32)
+  loss = cross_entropy(logits, batch['label'])
+  correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
+  return dict(loss_sum=metrics['loss_sum'] + (loss * mask).sum(),
+              correct_sum=metrics['correct_sum'] + (correct * mask).sum(),
+              count=metrics['count'] + mask.sum())

@@ -1,0 +1,110 @@
+"""Launches every experiment of the project.
+
+    python main.py --config=configs/default.py --workdir=runs/default
+    python main.py --config=configs/default.py --workdir=runs/x \
+        --config.optimizer.learning_rate=1e-3 --config.num_epochs=5
+    python main.py --config=configs/default.py --mode=summary
+
+Multi-process (one process per host, or per GPU): start the same command on
+every process with --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I, or just --distributed under SLURM / on a TPU pod, where JAX
+finds them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+MODES = ('train', 'summary')
+
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.DEFINE_enum('mode', 'train', MODES,
+                  'train: train and evaluate (resuming from workdir); '
+                  'summary: print the size-accounting table of the model.')
+flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (auto-detects SLURM, '
+                  'Open MPI, TPU pods).')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process: address:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process.')
+
+
+def _initialize_distributed() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.config is None:
+    raise app.UsageError('--config is required, e.g. '
+                         '--config=configs/default.py')
+  # TensorFlow (tf.data path only) must never take an accelerator from JAX.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  _initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+
+  config = FLAGS.config
+  if FLAGS.mode == 'summary':
+    from cnn import summary  # pylint: disable=g-import-not-at-top
+    summary.print_summary_for_config(config, as_json=FLAGS.json)
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required for --mode=train.')
+
+  logging.info('JAX %s, backend %s; process %d of %d; local devices: %s',
+               jax.__version__, jax.default_backend(), jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from cnn import errors, train  # pylint: disable=g-import-not-at-top
+  try:
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  except (errors.UserError, input_pipeline.DatasetError) as e:
+    # Mistakes a user can make (names, sizes, data, workdir) come as
+    # ValueErrors with the fix in the message: show it, not a traceback.
+    logging.error('%s: %s', type(e).__name__, e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a readable message for config-field typos."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}\nPass --helpshort to see the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these while applying --config.a.b=... overrides.
+    from cnn import config_utils  # pylint: disable=g-import-not-at-top
+    config_path = next((a.split('=', 1)[1] for a in argv
+                        if a.startswith('--config=')), None)
+    keys = [a[len('--config.'):].split('=', 1)[0] for a in argv
+            if a.startswith('--config.')]
+    message = None
+    if config_path:
+      try:
+        message = config_utils.explain_override_error(
+            config_utils.load_config_file(config_path), keys)
+      except Exception:  # pylint: disable=broad-except
+        message = None
+    sys.exit(f'error: {message or e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)
