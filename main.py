@@ -29,6 +29,11 @@ flags.DEFINE_enum('mode', 'train', MODES,
                   'train: train and evaluate (resuming from workdir); '
                   'summary: print the size-accounting table of the model.')
 flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
+flags.DEFINE_string(
+    'compilation_cache_dir',
+    os.path.join(os.path.expanduser('~'), '.cache', 'cnn-study', 'xla'),
+    'Persistent XLA compilation cache (a rerun skips compiling); empty to '
+    'disable.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() (auto-detects SLURM, '
                   'Open MPI, TPU pods).')
@@ -48,6 +53,14 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+class _QuietLibraries:
+  """Drops INFO lines of orbax (dozens per checkpoint) from the absl log."""
+
+  def filter(self, record) -> bool:
+    # record.levelno is a standard-library level (WARNING = 30).
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -56,8 +69,12 @@ def main(argv):
                          '--config=configs/default.py')
   # TensorFlow (tf.data path only) must never take an accelerator from JAX.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   _initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
   config = FLAGS.config
   if FLAGS.mode == 'summary':

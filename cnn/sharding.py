@@ -18,7 +18,10 @@ DATA_AXIS = 'data'
 
 def create_mesh() -> Mesh:
   """A 1-D mesh over all devices of all processes."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  # Auto axes: the compiler propagates shardings from the inputs and the
+  # constraints we set (jax.make_mesh defaults to Explicit axes).
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

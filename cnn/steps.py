@@ -62,15 +62,16 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
 
 def empty_train_metrics() -> Metrics:
   """Zeroed on-device sums for `train_step`."""
-  zero = jnp.zeros((), jnp.float32)
-  return dict(loss_sum=zero, loss_count=zero, correct_sum=zero, count=zero,
-              nonfinite_count=jnp.zeros((), jnp.int32),
+  # Separate arrays (not one shared zero): the step donates each buffer.
+  zero = lambda: jnp.zeros((), jnp.float32)
+  return dict(loss_sum=zero(), loss_count=zero(), correct_sum=zero(),
+              count=zero(), nonfinite_count=jnp.zeros((), jnp.int32),
               first_nonfinite_step=jnp.full((), NO_STEP, jnp.int32))
 
 
 def empty_eval_metrics() -> Metrics:
-  zero = jnp.zeros((), jnp.float32)
-  return dict(loss_sum=zero, correct_sum=zero, count=zero)
+  zero = lambda: jnp.zeros((), jnp.float32)
+  return dict(loss_sum=zero(), correct_sum=zero(), count=zero())
 
 
 def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,

@@ -38,6 +38,10 @@ IDENTITY_FIELDS = ('model_name', 'model', 'dtype', 'input.dataset',
                    'input.image_size', 'optimizer.name', 'schedule.name')
 
 
+# Test sets up to this size (float32 bytes) stay on the devices between evals.
+_EVAL_CACHE_BYTES = 1 << 30
+
+
 class NonFiniteLossError(errors.UserError, FloatingPointError):
   """Training produced a NaN/Inf loss or gradient."""
 
@@ -153,9 +157,31 @@ def _mean(sums: dict[str, float], key: str, count_key: str = 'count') -> float:
   return sums[key] / sums[count_key] if sums[count_key] else float('nan')
 
 
+def _eval_batches(input_config, batch_size: int, mesh):
+  """A callable yielding the test set as padded, masked, sharded batches.
+
+  Small test sets (the offline ones, CIFAR) are put on the devices once and
+  reused by every evaluation; larger ones are streamed each time.
+  """
+  make = functools.partial(
+      input_pipeline.create_eval_batches, input_config, batch_size=batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  stream = lambda: (sharding.put_global_batch(b, mesh) for b in make())
+  info = input_pipeline.get_dataset_info(
+      input_config.dataset, data_dir=input_config.data_dir,
+      manual_dir=input_config.manual_dir, download=input_config.download,
+      image_size=input_config.image_size)
+  num_test = input_config.test_subset or info.num_test
+  if num_test * np.prod(info.image_shape) * 4 > _EVAL_CACHE_BYTES:
+    return stream
+  cached = list(stream())
+  return lambda: iter(cached)
+
+
 def evaluate(eval_fn, state, eval_batches) -> dict[str, float]:
   """Loss and accuracy over every test example exactly once."""
-  metrics = steps.empty_eval_metrics()
+  metrics = jax.device_put(steps.empty_eval_metrics(),
+                           jax.tree.leaves(state.step)[0].sharding)
   for batch in eval_batches():
     metrics = eval_fn(state, metrics, batch)
   sums = _fetch(metrics)
@@ -185,7 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   source = input_pipeline.create_train_source(
       inp, seed=config.seed, global_batch_size=inp.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      mesh=mesh, data_axis=sharding.DATA_AXIS)
   steps_per_epoch = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * steps_per_epoch)))
@@ -218,34 +245,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           aux_weight=config.loss.aux_weight,
           skip_nonfinite=config.on_nonfinite == 'skip'),
       donate_argnums=(0, 1))
-  if source.on_device:
+  if source.pipeline == 'device':
     # The batch is gathered and augmented inside the compiled step: no host
     # work per step at all.
-    batch_sharding = sharding.batch_sharded(mesh)
-
     def device_step(state, metrics, data):
-      batch = source.get_batch(data, state.step)
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      batch = source.get_batch(data, config.seed, state.step)
       return train_step(state, metrics, batch)
 
     step_fn = jax.jit(device_step, donate_argnums=(0, 1))
-    data = source.device_data(mesh)
-    next_input = lambda: data
+    next_input = lambda: source.data
   else:
     step_fn = train_step
     batches = source.iterator(start_step)
     next_input = lambda: sharding.put_global_batch(next(batches), mesh)
 
   eval_fn = jax.jit(steps.eval_step, donate_argnums=(1,))
-  eval_batches = input_pipeline.create_eval_source(
-      inp, batch_size=eval_batch_size, mesh=mesh,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  eval_batches = _eval_batches(inp, eval_batch_size, mesh)
 
-  metrics = steps.empty_train_metrics()
+  replicated = sharding.replicated(mesh)
+  # Start from arrays already placed like the step's outputs, so the second
+  # call hits the same compiled executable as the first.
+  new_train_metrics = lambda: jax.device_put(steps.empty_train_metrics(),
+                                             replicated)
+  metrics = new_train_metrics()
+  lr_at = jax.jit(learning_rate_fn)  # one compile, not one per eager op.
   last_record: dict[str, Any] = {}
+  # Throughput counts steps after the first of this process (which compiles)
+  # and excludes evaluation and checkpoint time.
   interval_start, interval_step = time.time(), start_step
-  epoch_examples_per_sec = float('nan')
-  train_time = 0.0
+  timed_steps, train_time, compile_time_s = 0, 0.0, None
   step = start_step
   status = 'completed'
   bar = metrics_lib.progress_bar(total_steps, start_step, config.progress_bar)
@@ -268,6 +296,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         state, metrics = step_fn(state, metrics, next_input())
         step += 1
         bar.update(1)
+        if compile_time_s is None:
+          jax.block_until_ready(state)
+          compile_time_s = time.time() - interval_start
+          interval_start, interval_step = time.time(), step
         is_eval = step % eval_every == 0 or step == total_steps
         is_log = step % config.log_every_steps == 0
         is_ckpt = step % config.checkpoint_every_steps == 0
@@ -278,19 +310,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         check_finite(sums)
         now = time.time()
         train_time += now - interval_start
+        timed_steps += step - interval_step
         throughput = (step - interval_step) * inp.batch_size / max(
             now - interval_start, 1e-9)
         bar.set_postfix(loss=f'{_mean(sums, "loss_sum", "loss_count"):.4f}',
                         img_s=f'{throughput:.0f}')
         if is_eval:
-          epoch_examples_per_sec = sums['count'] / max(train_time, 1e-9)
           record = dict(
               step=step, epoch=step / steps_per_epoch,
               train_loss=_mean(sums, 'loss_sum', 'loss_count'),
               train_accuracy=_mean(sums, 'correct_sum'),
-              learning_rate=float(learning_rate_fn(step - 1)) * float(
+              learning_rate=float(lr_at(step - 1)) * float(
                   optim.plateau_scale(state.opt_state)),
-              examples_per_sec=epoch_examples_per_sec,
+              examples_per_sec=(timed_steps * inp.batch_size / train_time
+                                if timed_steps else float('nan')),
+              compile_time_s=compile_time_s,
               nonfinite_steps=int(sums['nonfinite_count']))
           record.update(evaluate(eval_fn, state, eval_batches))
           record['wall_time_s'] = time.time() - start_time
@@ -299,7 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           logging.info('step %d epoch %.2f: %s', step, record['epoch'],
                        json.dumps({k: round(v, 4) if isinstance(v, float)
                                    else v for k, v in record.items()}))
-          metrics, train_time = steps.empty_train_metrics(), 0.0
+          metrics = new_train_metrics()
+          timed_steps, train_time = 0, 0.0
         if is_eval or is_ckpt or stop.signal_name:
           checkpointer.save(state, meta)
         interval_start, interval_step = time.time(), step

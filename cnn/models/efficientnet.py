@@ -8,10 +8,11 @@ the residual branches (rate growing linearly with depth up to
 scale its width and depth (compound scaling): channels x width rounded to
 multiples of 8, repeats x depth rounded up.
 
-Layout as torchvision's efficientnet_b0 (5,288,548 parameters with 1000
-classes): 3x3/2 stem conv with 32 filters, the rows of `B0_SETTINGS`, a 1x1
-conv to 4x the last row's channels (1280), global pooling and dropout 0.2
-before the head.
+Layout as torchvision's efficientnet_b0..b7 (B0: 5,288,548 parameters with
+1000 classes): 3x3/2 stem conv with 32 filters, the rows of `B0_SETTINGS`, a
+1x1 conv to 4x the last row's channels (1280 for B0), global pooling and
+dropout (0.2 for B0) before the head. Parameter counts do not depend on the
+resolution; the registered input sizes are the paper's.
 """
 
 from __future__ import annotations
@@ -108,9 +109,24 @@ class EfficientNet(nn.Module):
     return layers.GlobalAvgPool(name='pool')(x), out
 
 
-registry.register(
-    'efficientnet_b0', EfficientNet, input_shape=(224, 224, 3),
-    num_classes=1000, min_input_size=32, head_dropout=0.2,
-    reference_params=5_288_548,
-    description='EfficientNet-B0 (MBConv + SE, SiLU, torchvision), '
-    '5,288,548 params', stochastic_depth=0.2)
+# name -> (width, depth, resolution, head dropout, torchvision parameters).
+_VARIANTS = {
+    'b0': (1.0, 1.0, 224, 0.2, 5_288_548),
+    'b1': (1.0, 1.1, 240, 0.2, 7_794_184),
+    'b2': (1.1, 1.2, 260, 0.3, 9_109_994),
+    'b3': (1.2, 1.4, 300, 0.3, 12_233_232),
+    'b4': (1.4, 1.8, 380, 0.4, 19_341_616),
+    'b5': (1.6, 2.2, 456, 0.4, 30_389_784),
+    'b6': (1.8, 2.6, 528, 0.5, 43_040_704),
+    'b7': (2.0, 3.1, 600, 0.5, 66_347_960),
+}
+
+for _name, (_width, _depth, _res, _dropout, _params) in _VARIANTS.items():
+  registry.register(
+      f'efficientnet_{_name}', EfficientNet, input_shape=(_res, _res, 3),
+      # Padded convs never reach zero size; 32 is the total stride.
+      num_classes=1000, min_input_size=32, head_dropout=_dropout,
+      reference_params=_params,
+      description=f'EfficientNet-{_name.upper()} (width {_width}, depth '
+      f'{_depth}, {_res}px, torchvision), {_params:,} params',
+      width=_width, depth=_depth, stochastic_depth=0.2)
