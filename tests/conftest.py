@@ -4,3 +4,11 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import jax  # noqa: E402
+
+# Many tests compile the same tiny programs in fresh closures; the persistent
+# cache turns every compile after the first into a file read.
+jax.config.update('jax_compilation_cache_dir', os.path.join(
+    os.path.expanduser('~'), '.cache', 'cnn-study', 'xla-tests'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

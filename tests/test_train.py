@@ -1,0 +1,128 @@
+"""The training spine end to end on tiny configs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn import optim, sharding, steps, train
+from cnn.metrics import read_metrics
+from tests.helpers import tiny_config
+
+
+def _state_and_batch(config, batch_size=64):
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh()
+  model = train.create_model(config, num_classes=10)
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=10,
+                                     total_steps=100)
+  state = train.create_train_state(config, model, (28, 28, 1), lr, mesh)
+  batch = next(input_pipeline.create_eval_batches(
+      config.input, split='train', batch_size=batch_size))
+  return state, {'image': batch['image'], 'label': batch['label']}
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch():
+  config = tiny_config(**{'schedule.name': 'constant',
+                          'optimizer.learning_rate': 3e-3})
+  state, batch = _state_and_batch(config)
+  step = jax.jit(lambda s, m, b: steps.train_step(
+      s, m, b, label_smoothing=0.0, aux_weight=0.0, skip_nonfinite=False))
+  losses = []
+  for _ in range(20):
+    metrics = steps.empty_train_metrics()
+    state, metrics = step(state, metrics, batch)
+    losses.append(float(metrics['loss_sum'] / metrics['count']))
+  assert int(state.step) == 20
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_eval_step_counts_only_unmasked_rows():
+  config = tiny_config()
+  state, batch = _state_and_batch(config, batch_size=8)
+  mask = jnp.array([1, 1, 1, 0, 0, 1, 0, 0], jnp.float32)
+  full = steps.eval_step(state, steps.empty_eval_metrics(),
+                         dict(batch, mask=jnp.ones(8)))
+  part = steps.eval_step(state, steps.empty_eval_metrics(),
+                         dict(batch, mask=mask))
+  assert float(part['count']) == 4.0
+  assert float(full['count']) == 8.0
+  assert float(part['loss_sum']) < float(full['loss_sum'])
+
+
+def test_end_to_end_train_eval_resume(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config()
+  result = train.train_and_evaluate(config, workdir)
+  assert result.status == 'completed'
+  records = read_metrics(workdir)
+  assert [r['epoch'] for r in records] == [1.0, 2.0]
+  for key in ('step', 'epoch', 'train_loss', 'train_accuracy', 'test_loss',
+              'test_accuracy', 'learning_rate', 'examples_per_sec',
+              'wall_time_s'):
+    assert key in records[-1], key
+  assert records[-1]['test_count'] == 1000  # 1,000 with batch 384: padded.
+  assert records[-1]['test_accuracy'] > 0.5
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model_name'] == 'lenet5'
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+  # A rerun of a finished run trains nothing and keeps its metrics.
+  again = train.train_and_evaluate(config, workdir)
+  assert again.step == result.step
+  assert read_metrics(workdir) == records
+
+  # Asking for more epochs resumes from the last checkpoint.
+  longer = tiny_config(num_epochs=3.0)
+  resumed = train.train_and_evaluate(longer, workdir)
+  assert resumed.step == 3 * 16
+  assert [r['epoch'] for r in read_metrics(workdir)] == [1.0, 2.0, 3.0]
+
+
+def test_resume_lands_where_one_run_lands(tmp_path):
+  # Stopping after epoch 1 and resuming must end exactly where one
+  # uninterrupted run ends: data order and dropout follow (seed, step). A
+  # constant schedule, because a schedule's length depends on num_epochs.
+  const = {'schedule.name': 'constant'}
+  full_dir, split_dir = str(tmp_path / 'full'), str(tmp_path / 'split')
+  train.train_and_evaluate(tiny_config(**const), full_dir)
+  train.train_and_evaluate(tiny_config(num_epochs=1.0, **const), split_dir)
+  train.train_and_evaluate(tiny_config(**const), split_dir)
+  a, b = read_metrics(full_dir)[-1], read_metrics(split_dir)[-1]
+  assert a['step'] == b['step']
+  assert a['test_loss'] == b['test_loss']
+  assert a['test_accuracy'] == b['test_accuracy']
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(num_epochs=1.0), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  other = tiny_config(**{'model.activation': 'tanh', 'num_epochs': 1.0})
+  other.unlock()
+  other.model_name = 'lenet5'
+  other.model.batch_norm = False
+  other.lock()
+  with pytest.raises(ValueError, match='different experiment.*new --workdir'):
+    train.train_and_evaluate(other, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
+
+
+def test_batch_size_must_divide_over_devices(monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  with pytest.raises(ValueError, match='multiple of 8'):
+    sharding.check_batch_size(100)
+
+
+@pytest.mark.parametrize('name', list(optim.SCHEDULES))
+def test_every_schedule_builds_and_starts_finite(name):
+  config = tiny_config(**{'schedule.name': name})
+  fn = optim.create_learning_rate_fn(config, steps_per_epoch=10,
+                                     total_steps=100)
+  values = np.array([float(fn(s)) for s in (0, 50, 99)])
+  assert np.all(np.isfinite(values)) and values.max() > 0
