@@ -67,7 +67,8 @@ def _field(config: ml_collections.ConfigDict, dotted: str):
 
 
 def experiment_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return {f: _field(config, f) for f in IDENTITY_FIELDS}
+  # Through JSON, as it is stored in the checkpoint (tuples become lists).
+  return json.loads(json.dumps({f: _field(config, f) for f in IDENTITY_FIELDS}))
 
 
 def _model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:

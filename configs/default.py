@@ -11,17 +11,21 @@ Other configs start from this one and change a few fields.
 
 import ml_collections
 
+from cnn.models import registry
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The default experiment; every field is listed here (configs are locked)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Model: a registry name plus backbone options (`python -m cnn.summary
-  # --list` lists names; a wrong option name fails listing the valid ones).
+  # Model: a registry name plus every option of its backbone (`python -m
+  # cnn.summary --list` lists names). To switch model, use a config made for
+  # it (e.g. configs/zoo.py:resnet20), whose `model` section has that
+  # model's options.
   config.model_name = 'lenet5'
   config.model = ml_collections.ConfigDict(
-      dict(batch_norm=True, activation='relu', pool='max'))
+      dict(registry.backbone_options('lenet5'), batch_norm=True))
   config.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'.
   config.head_dropout = -1.0  # < 0: the model's own default.
 

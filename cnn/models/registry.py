@@ -86,6 +86,28 @@ def backbone_fields(spec: ModelSpec) -> list[str]:
   return sorted(f.name for f in dataclasses.fields(spec.backbone_cls)
                 if f.init and f.name not in ('parent', 'name'))
 
+def backbone_options(name: str) -> dict[str, Any]:
+  """Every option a config may set on `name`'s backbone, with its value for
+  this name (the family default, or the registered fixed value).
+
+  Configs use this as their `config.model` section, so a command-line
+  override of an option that does not exist fails and lists the valid ones.
+  `dtype` and `num_classes` are set elsewhere (`config.dtype`, the data set).
+  """
+  spec = get_spec(name)
+  options = {}
+  for f in dataclasses.fields(spec.backbone_cls):
+    if not f.init or f.name in ('parent', 'name', 'dtype', 'num_classes'):
+      continue
+    if f.name in spec.kwargs:
+      options[f.name] = spec.kwargs[f.name]
+    elif f.default is not dataclasses.MISSING:
+      options[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      options[f.name] = f.default_factory()
+  return options
+
+
 def create_model(name: str, *, num_classes: int | None = None,
                  head_dropout: float | None = None, dtype: Any = 'float32',
                  **overrides) -> base.Classifier:

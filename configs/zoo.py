@@ -1,0 +1,30 @@
+"""Any registered model on the offline Fashion-MNIST, for a quick comparison.
+
+    python main.py --config=configs/zoo.py:resnet20 --workdir=runs/resnet20
+    python main.py --config=configs/zoo.py:plain20 --workdir=runs/plain20 \
+        --config.num_epochs=1
+
+The argument after ':' is a registry name (`python -m cnn.summary --list`).
+`config.model` holds every option of that model's backbone, so
+`--config.model.<option>=...` works and a wrong option lists the valid ones.
+Images are resized up when the model needs more than 28x28 pixels.
+"""
+
+import ml_collections
+
+from cnn.models import registry
+from configs import default
+
+
+def get_config(model_name: str = 'resnet20') -> ml_collections.ConfigDict:
+  config = default.get_config()
+  spec = registry.get_spec(model_name)
+  config.model_name = model_name
+  config.model = ml_collections.ConfigDict(
+      registry.backbone_options(model_name))
+  # Fashion-MNIST is 28x28; models with a larger minimum get resized input.
+  config.input.image_size = 0 if spec.min_input_size <= 28 else max(
+      32, spec.min_input_size)
+  config.num_epochs = 10.0
+  config.optimizer.learning_rate = 2e-3
+  return config
