@@ -1,0 +1,42 @@
+"""Data for the CNN experiments: data sets, train pipelines, eval batches.
+
+Lightweight on purpose: importing this package imports neither TensorFlow nor
+tfds (the accelerator machines have neither); only the tf.data pipeline and
+tfds data sets import them, when used.
+
+  load_split(name, split, ...)          -> uint8 [N,H,W,C], int32 [N]
+  get_dataset_info(name, ...)           -> DatasetInfo
+  create_train_source(config.input, seed=..., global_batch_size=...)
+                                         -> DeviceSource | TfDataSource
+  eval_batches(images, labels, batch_size, ...) -> padded, masked batches
+  create_eval_batches(config.input, ...)   -> the same, from a config
+  default_augment_config()              -> dict of augmentation options
+  normalize(images, mean, std)          -> (x - mean) / std per channel
+"""
+
+from __future__ import annotations
+
+from input_pipeline.augment import default_augment_config
+from input_pipeline.datasets import (DatasetInfo, get_dataset_info,
+                                     load_split, local_names)
+from input_pipeline.errors import DatasetError
+from input_pipeline.eval_data import eval_batches, num_eval_batches
+from input_pipeline.preprocess import normalize, to_unit_float
+from input_pipeline.sources import (TrainSource, create_eval_batches,
+                                    create_train_source)
+
+__all__ = [
+    'DatasetError',
+    'DatasetInfo',
+    'TrainSource',
+    'create_eval_batches',
+    'create_train_source',
+    'default_augment_config',
+    'eval_batches',
+    'get_dataset_info',
+    'load_split',
+    'local_names',
+    'normalize',
+    'num_eval_batches',
+    'to_unit_float',
+]

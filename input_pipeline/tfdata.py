@@ -1,0 +1,115 @@
+"""Train batches from a tf.data pipeline on the host CPU.
+
+Same order as the device pipeline (`ordering.py`: example indices are a
+function of (seed, step)), same augmentations (`augment_tf.py`), same
+normalisation. Each process feeds its slice of every global batch: rows
+[p * B_local, (p + 1) * B_local) for process p, so the global batch does not
+depend on the number of processes.
+
+Pipeline: step counter -> this process's indices (numpy, cheap) -> parallel
+map (gather from the in-memory split, batched augmentation seeded by
+(seed, step), normalisation) -> prefetch. Stateless random ops make the
+output a function of (seed, step) only, whatever tf.data's parallelism.
+
+Importing this module imports TensorFlow (GPUs hidden); `__init__` does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from input_pipeline import _tf, augment, augment_tf, ordering, preprocess
+
+tf = _tf.import_tensorflow()
+
+
+class TfDataSource:
+  """Train source backed by tf.data; see the module docstring.
+
+  Attributes:
+    pipeline: 'tfdata'.
+    info: the data set's `DatasetInfo`.
+    num_examples: examples in the (possibly subset) train split.
+    global_batch_size: examples per step over all processes.
+    local_batch_size: rows this process yields per step.
+    steps_per_epoch: num_examples // global_batch_size.
+  """
+
+  pipeline = 'tfdata'
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, info: Any,
+               global_batch_size: int, augment_config: Any = None,
+               seed: int = 0, process_index: int = 0, process_count: int = 1,
+               prefetch: int = tf.data.AUTOTUNE):
+    if global_batch_size % process_count:
+      raise ValueError(
+          f'Global batch size {global_batch_size} is not divisible by the '
+          f'{process_count} processes.')
+    if not 0 <= process_index < process_count:
+      raise ValueError(
+          f'process_index {process_index} outside 0..{process_count - 1}.')
+    self.info = info
+    self.seed = int(seed)
+    self.num_examples = int(images.shape[0])
+    self.global_batch_size = int(global_batch_size)
+    self.local_batch_size = self.global_batch_size // process_count
+    self.process_index = process_index
+    self.process_count = process_count
+    self.steps_per_epoch = ordering.steps_per_epoch(self.num_examples,
+                                                    self.global_batch_size)
+    self.augment_config = augment.resolve_config(augment_config)
+    self._prefetch = prefetch
+    self._mean = tuple(info.mean)
+    self._std = tuple(info.std)
+    # One host copy shared by all map calls (captured by reference).
+    self._images = tf.constant(np.asarray(images, np.uint8))
+    self._labels = tf.constant(np.asarray(labels, np.int32))
+
+  def _indices(self, start_step: int) -> Iterator[tuple[int, np.ndarray]]:
+    lo = self.process_index * self.local_batch_size
+    step = start_step
+    while True:
+      idx = ordering.batch_indices_np(
+          step, n=self.num_examples, global_batch_size=self.global_batch_size,
+          seed=self.seed)
+      yield step, idx[lo:lo + self.local_batch_size]
+      step += 1
+
+  def _make_batch(self, step: tf.Tensor, idx: tf.Tensor
+                  ) -> dict[str, tf.Tensor]:
+    images = preprocess.to_unit_float(tf.gather(self._images, idx))
+    labels = tf.gather(self._labels, idx)
+    if not augment.is_identity(self.augment_config):
+      seed = tf.stack([tf.constant(self.seed & 0xFFFFFFFF, tf.int64), step])
+      images = augment_tf.augment_batch(
+          seed, images, self.augment_config,
+          global_batch=self.global_batch_size,
+          row_offset=self.process_index * self.local_batch_size)
+    images = preprocess.normalize(images, self._mean, self._std)
+    return {'image': images, 'label': labels}
+
+  def dataset(self, start_step: int = 0) -> tf.data.Dataset:
+    """Infinite tf.data.Dataset of this process's batches from `start_step`.
+
+    Elements: {'image': float32 [B_local, H, W, C] normalised,
+    'label': int32 [B_local]}.
+    """
+    ds = tf.data.Dataset.from_generator(
+        lambda: self._indices(start_step),
+        output_signature=(
+            tf.TensorSpec((), tf.int64),
+            tf.TensorSpec((self.local_batch_size,), tf.int64)))
+    # Batches are formed before the map, so augmentation runs vectorised on
+    # whole batches; deterministic=True keeps the step order.
+    ds = ds.map(self._make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    ds = ds.with_options(options)
+    return ds.prefetch(self._prefetch)
+
+  def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of this process from `start_step` on (infinite)."""
+    return self.dataset(start_step).as_numpy_iterator()
