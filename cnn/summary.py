@@ -160,7 +160,8 @@ class Summary:
 
   `totals` has `params`, `params_without_bias`, `param_bytes`, `units`,
   `activation_bytes`, `macs`, `macs_nonpad`, `connections`, `flops`, and the
-  macs split by layer type (`macs_conv`, `macs_dense`, `macs_matmul`).
+  macs split by layer type (`macs_conv`; `macs_dense` for Dense and
+  DenseGeneral; `macs_other`: attention and other matmuls), `layers`.
   """
 
   model: str
@@ -213,7 +214,15 @@ class Summary:
     }
 
   def to_json(self, indent: int | None = 1) -> str:
-    return json.dumps(self.to_dict(), indent=indent)
+    """JSON text; with `indent`, one line per layer."""
+    data = self.to_dict()
+    if indent is None:
+      return json.dumps(data)
+    rows = data.pop('layers')
+    head = json.dumps(data, indent=indent)
+    pad = ' ' * indent
+    lines = f',\n'.join(f'{pad * 2}{json.dumps(r)}' for r in rows)
+    return f'{head[:-2]},\n{pad}"layers": [\n{lines}\n{pad}]\n}}'
 
   def table(self) -> str:
     """A readable per-layer table with totals and per-group subtotals."""
@@ -271,12 +280,14 @@ class _Recorder:
 
   def __init__(self):
     self.calls: list[_Call] = []
+    self.paths: set[tuple[str, ...]] = set()  # Modules entered by any method.
     self._events = 0
 
   def __call__(self, next_fun, args, kwargs, context):
+    module = context.module
+    self.paths.add(tuple(module.path))
     if context.method_name != '__call__':
       return next_fun(*args, **kwargs)
-    module = context.module
     shape, _ = _shape_dtype(args[0] if args else next(iter(kwargs.values()),
                                                       None))
     call = _Call(len(self.calls), module, tuple(module.path), shape,
@@ -304,7 +315,7 @@ def _accepts_train(module: nn.Module) -> bool:
 
 
 def _trace(module: nn.Module, input_shape: Sequence[int], train: bool):
-  """Returns (variables shape tree, calls, closed jaxpr of the forward pass)."""
+  """Returns (variables shape tree, recorder, closed jaxpr of the forward)."""
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   kwargs = {'train': train} if _accepts_train(module) else {}
   rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
@@ -320,7 +331,7 @@ def _trace(module: nn.Module, input_shape: Sequence[int], train: bool):
       return module.apply(variables, x, **kwargs)
 
   closed = jax.make_jaxpr(forward)(x, variables)
-  return variables, recorder.calls, closed
+  return variables, recorder, closed
 
 
 # ----------------------------------------------------------------------------
@@ -643,7 +654,8 @@ def summarize(model: str | nn.Module,
       raise ValueError('input_shape (H, W, C) is required for a module.')
     module, name = model, type(model).__name__
     input_shape = tuple(input_shape)
-  variables, calls, closed = _trace(module, input_shape, train)
+  variables, recorder, closed = _trace(module, input_shape, train)
+  calls = recorder.calls
 
   seen: set[tuple[str, ...]] = set()
   row_calls, first_use = set(), {}
@@ -680,7 +692,8 @@ def summarize(model: str | nn.Module,
     itemsize = np.dtype(call.out_dtype).itemsize if call and call.out_dtype \
         else 4
     row = LayerRow(
-        name=('/'.join(call.path) if call else 'model') + '/matmul',
+        name=('/'.join(call.path) if call and call.path else 'model')
+        + '/matmul',
         type='matmul', input_shape=tuple(in_shape[1:]),
         output_shape=tuple(out_shape[1:]), units=units, macs=macs,
         macs_nonpad=nonpad, connections=macs, flops=2 * macs,
@@ -697,8 +710,8 @@ def summarize(model: str | nn.Module,
     if call.idx in row_calls and first_use[call.idx]:
       for key, shape in call.own_params.items():
         covered[call.path + (key,)] = int(np.prod(shape))
-  called = {c.path for c in calls}
-  unused: dict[tuple[str, ...], int] = {}
+  called = recorder.paths
+  unused: dict[tuple[str, ...], list[int]] = {}
   for path, size in tree.items():
     if path in covered:
       continue
@@ -711,10 +724,12 @@ def summarize(model: str | nn.Module,
     # report it under its outermost uncalled module.
     top = next(owner[:i] for i in range(1, len(owner) + 1)
                if owner[:i] not in called)
-    unused[top] = unused.get(top, 0) + size
-  for path, size in unused.items():
+    acc = unused.setdefault(top, [0, 0])
+    acc[0] += size
+    acc[1] += 0 if path[-1] == 'bias' else size
+  for path, (size, no_bias) in unused.items():
     rows.append(LayerRow(name='/'.join(path), type='unused', params=size,
-                         params_without_bias=size))
+                         params_without_bias=no_bias))
   if set(covered) - set(tree):
     raise RuntimeError(f'Counted parameters missing from the tree: '
                        f'{sorted(set(covered) - set(tree))}')
@@ -726,15 +741,18 @@ def summarize(model: str | nn.Module,
   totals['param_bytes'] = int(sum(
       leaf.size * leaf.dtype.itemsize
       for leaf in jax.tree.leaves(variables.get('params', {}))))
-  for kind in ('Conv', 'Dense', 'matmul'):
-    totals[f'macs_{kind.lower()}'] = int(sum(
-        r.macs for r in rows if r.type == kind))
-  totals['macs_matmul'] += int(sum(r.macs for r in rows if r.type not in (
-      'Conv', 'Dense', 'matmul')))
+  totals['macs_conv'] = int(sum(r.macs for r in rows if r.type == 'Conv'))
+  totals['macs_dense'] = int(sum(
+      r.macs for r in rows if r.type in ('Dense', 'DenseGeneral')))
+  totals['macs_other'] = totals['macs'] - totals['macs_conv'] - totals[
+      'macs_dense']
   totals['layers'] = sum(1 for r in rows if r.type != 'unused')
+  dtype = getattr(module, 'dtype', None) if not isinstance(model, str) \
+      else dtype
   return Summary(model=name, input_shape=tuple(input_shape),
                  num_classes=num_classes,
-                 dtype=str(jnp.dtype(layers.as_dtype(dtype))), train=train,
+                 dtype=str(jnp.dtype(layers.as_dtype(dtype or 'float32'))),
+                 train=train,
                  rows=rows, totals=totals, warnings=sorted(set(flow.warnings)))
 
 
@@ -856,7 +874,7 @@ def _format_table(s: Summary) -> str:
       f'params {t["params"]:,} ({t["params_without_bias"]:,} without biases, '
       f'{_bytes(t["param_bytes"])}); multiply-adds {t["macs"]:,} '
       f'({_si(t["macs"])}: conv {_si(t["macs_conv"])}, dense '
-      f'{_si(t["macs_dense"])}, other {_si(t["macs_matmul"])}); '
+      f'{_si(t["macs_dense"])}, other {_si(t["macs_other"])}); '
       f'FLOPs = 2 x MACs + pooling = {_si(t["flops"])}; activations '
       f'{t["units"]:,} units = {_bytes(t["activation_bytes"])}.')
   groups = s.groups()
@@ -881,6 +899,37 @@ def print_summary(model_name: str, input_shape: Sequence[int] | None = None,
                   as_json: bool = False, file=None, **overrides) -> Summary:
   """Prints the table (or JSON) of `summarize(...)` and returns the Summary."""
   s = summarize(model_name, input_shape, num_classes, dtype, **overrides)
+  print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
+  return s
+
+
+def print_summary_for_config(config, as_json: bool = False,
+                             file=None) -> Summary:
+  """`main.py --mode=summary`: the model of a training config, as trained.
+
+  The model is `config.model_name` with the backbone options `config.model`
+  and compute dtype `config.dtype`. Input shape and classes are those of
+  `config.input.dataset` where it is a local data set (answered without
+  reading any file); for other (tfds) names, whose metadata would need the
+  data, the model's natural input and classes. `config.input.image_size` > 0
+  resizes the input as the trainer does.
+  """
+  name = config.model_name
+  spec = registry.get_spec(name)
+  shape, classes = tuple(spec.input_shape), spec.num_classes
+  size = int(config.input.get('image_size', 0) or 0)
+  try:
+    from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
+    if config.input.dataset in datasets.local_names():
+      info = datasets.get_dataset_info(config.input.dataset)
+      shape, classes = tuple(info.image_shape), info.num_classes
+  except ImportError:  # The model library used without the data pipeline.
+    pass
+  if size > 0:
+    shape = (size, size, shape[2])
+  overrides = config.model.to_dict() if 'model' in config else {}
+  s = summarize(name, shape, classes, config.get('dtype', 'float32'),
+                **overrides)
   print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
   return s
 
