@@ -72,10 +72,11 @@ class AdaptiveAvgPool(nn.Module):
   [batch, H, W, C] -> [batch, size, size, C]. A map that already has the
   target size passes unchanged (AlexNet at 224/227, VGG at 224). Along each
   axis the adaptive bins are either all of one length at a constant stride
-  (e.g. 12 -> 6: window 2, stride 2; 13 -> 6: window 3, stride 2), computed as
-  `layers.Pool('avg')`, or all one pixel wide (a map smaller than the target
-  whose size divides it, e.g. 1 -> 6 or 3 -> 6: pixels are repeated). Other
-  sizes (e.g. 4 -> 6, whose bins have unequal lengths) raise a ValueError.
+  (e.g. 12 -> 6: window 2, stride 2; 13 -> 6: window 3, stride 2; 7 -> 6:
+  window 2, stride 1), computed as `layers.Pool('avg')`, or all one pixel wide
+  (a map smaller than the target whose size divides it, e.g. 1 -> 6 or 3 -> 6:
+  pixels are repeated). Other sizes (e.g. 4 -> 6 or 14 -> 6, whose bins have
+  unequal lengths or strides) raise a ValueError.
 
   Attributes:
     size: target height and width, in pixels.
@@ -86,8 +87,7 @@ class AdaptiveAvgPool(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     check_nonempty(x, 'the last pool')
-    if x.shape[1] == x.shape[2] == self.size:
-      return x
+    in_h, in_w = x.shape[1:3]
     window, strides = [1, 1], [1, 1]
     for axis in (1, 2):
       if x.shape[axis] == self.size:
@@ -102,10 +102,10 @@ class AdaptiveAvgPool(nn.Module):
         window[axis - 1], strides[axis - 1] = lengths.pop(), steps.pop()
       else:
         raise ValueError(
-            f'Adaptive average pooling from {x.shape[1]}x{x.shape[2]} to '
+            f'Adaptive average pooling from {in_h}x{in_w} to '
             f'{self.size}x{self.size} has unequal windows and is not '
-            'supported; choose an input size whose last feature map is a '
-            f'multiple of {self.size}, or one of 1, 2, 3 ... that divides it.')
+            'supported: choose an input size for which the last feature map '
+            f'is a multiple of {self.size} or divides it.')
     if window == [1, 1]:
       return x
     return layers.Pool('avg', tuple(window), tuple(strides), name='pool')(x)

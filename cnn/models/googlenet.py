@@ -39,7 +39,7 @@ pools (inception stages at 32, 16 and 8 pixels) and half the channels
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -66,7 +66,6 @@ INCEPTION_STAGES = (
     (('5a', (256, 160, 320, 32, 128, 128)),
      ('5b', (384, 192, 384, 48, 128, 128))),
 )
-AUX_AFTER = ('4a', '4d')
 
 
 def ceil_max_pool(x: Array, window: int, strides: int, name: str) -> Array:
@@ -213,6 +212,10 @@ class GoogLeNet(nn.Module):
     stem_kernel: kernel of the first conv (7; 3 for small images).
     stem_stride: stride of the first conv (2; 1 for small images).
     stem_pool: the stem's two 3x3/2 max-pools (False for small images).
+    stages: the inception table, one tuple of (label, (#1x1, #3x3 reduce,
+      #3x3, #5x5 reduce, #5x5, pool proj)) per stage; stages after the first
+      start with a max-pool (3x3/2, then 2x2/2 as in torchvision).
+    aux_after: labels of the modules followed by an auxiliary classifier.
     dtype: compute dtype.
   """
 
@@ -225,6 +228,8 @@ class GoogLeNet(nn.Module):
   stem_kernel: int = 7
   stem_stride: int = 2
   stem_pool: bool = True
+  stages: Sequence[Sequence[tuple[str, Sequence[int]]]] = INCEPTION_STAGES
+  aux_after: Sequence[str] = ('4a', '4d')
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -235,7 +240,8 @@ class GoogLeNet(nn.Module):
                                         name=name)
     x = x.astype(dtype)
     out = {}
-    x = conv(64, self.stem_kernel, self.stem_stride, 'stem_conv1')(x, train=train)
+    x = conv(64, self.stem_kernel, self.stem_stride, 'stem_conv1')(
+        x, train=train)
     if self.stem_pool:
       x = ceil_max_pool(x, 3, 2, 'stem_pool1')
     x = conv(64, 1, 1, 'stem_conv2')(x, train=train)
@@ -247,18 +253,16 @@ class GoogLeNet(nn.Module):
     # parameters exist whichever mode the variables were created in.
     run_aux = self.aux_heads and (train or self.is_initializing())
     aux_logits = []
-    for s, modules in enumerate(INCEPTION_STAGES, start=1):
-      if s == 2:
-        x = ceil_max_pool(x, 3, 2, 'stage2_pool')
-      elif s == 3:
-        x = ceil_max_pool(x, 2, 2, 'stage3_pool')
+    for s, modules in enumerate(self.stages, start=1):
+      if s > 1:
+        x = ceil_max_pool(x, 3 if s == 2 else 2, 2, f'stage{s}_pool')
       for label, channels in modules:
         x = InceptionModule(
             *(scale(c) for c in channels), bottleneck=self.bottleneck,
             large_kernel=self.large_kernel, activation=self.activation,
             dtype=dtype, name=f'stage{s}_{label}')(x, train=train)
-        if run_aux and label in AUX_AFTER:
-          k = AUX_AFTER.index(label) + 1
+        if run_aux and label in self.aux_after:
+          k = list(self.aux_after).index(label) + 1
           aux_logits.append(AuxHead(
               self.num_classes, conv=scale(128), fc=scale(1024),
               activation=self.activation, dtype=dtype,
@@ -266,7 +270,8 @@ class GoogLeNet(nn.Module):
       out[f'stage{s}'] = x
     if train and aux_logits:
       out['aux_logits'] = aux_logits
-    return layers.GlobalAvgPool(name='stage3_avgpool')(x), out
+    last = f'stage{len(self.stages)}'
+    return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
 
 
 registry.register(

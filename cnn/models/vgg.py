@@ -14,8 +14,9 @@ ReLU -> dropout 0.5 (the registry's head dropout) -> head. VGG-16 weights, as
 the lecture lists them: 1,728 + 36,864 + 73,728 + 147,456 + 294,912 +
 2 x 589,824 + 1,179,648 + 5 x 2,359,296 = 14,710,464 conv weights, and
 102,760,448 + 16,777,216 + 4,096,000 FC weights; with 4,224 conv and 9,192
-FC biases that is 138,357,544 parameters. Convs keep their bias with batch norm as in
-torchvision (`vgg16_bn` adds only BN's scale and shift: 138,365,992).
+FC biases that is 138,357,544 parameters. Convs keep their bias with batch
+norm as in torchvision (`vgg16_bn` adds only BN's scale and shift:
+138,365,992).
 
 Small-image variants (`vgg11_small`, `vgg16_small` and their `_bn` twins) keep
 all five stages for 32x32 inputs (32 -> 16 -> 8 -> 4 -> 2 -> 1), replace the
