@@ -126,7 +126,8 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
     if self.stem not in ('imagenet', 'cifar'):
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
+      raise ValueError(
+          f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
@@ -162,7 +163,7 @@ class DenseNet(nn.Module):
       if i == n - 1:
         x = act(norm(name=f'{stage}_bn')(x))
       out[stage] = x
-    return layers.GlobalAvgPool(name='pool')(x), out
+    return layers.GlobalAvgPool(name=f'stage{n}_avgpool')(x), out
 
 
 registry.register(

@@ -106,7 +106,7 @@ class EfficientNet(nn.Module):
     last = f'stage{len(self.block_settings) + 1}'
     x = conv(4 * x.shape[-1], (1, 1), padding='VALID', name=f'{last}_conv')(x)
     x = out[last] = act(norm(name=f'{last}_bn')(x))
-    return layers.GlobalAvgPool(name='pool')(x), out
+    return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
 
 
 # name -> (width, depth, resolution, head dropout, torchvision parameters).

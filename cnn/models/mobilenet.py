@@ -123,7 +123,8 @@ class InvertedResidual(nn.Module):
     if self.se_ratio:
       y = SqueezeExcite(max(1, int(in_ch * self.se_ratio)), self.act,
                         dtype=y.dtype, name='se')(y)
-    y = self.conv(self.features, (1, 1), padding='VALID', name='project_conv')(y)
+    y = self.conv(self.features, (1, 1), padding='VALID',
+                  name='project_conv')(y)
     y = self.norm(name='project_bn')(y)  # Linear bottleneck: no activation.
     if self.strides == 1 and in_ch == self.features:
       if self.drop_path:
@@ -188,7 +189,7 @@ class MobileNetV2(nn.Module):
     x = conv(div(self.last_features * max(1.0, self.width)), (1, 1),
              padding='VALID', name=f'{last}_conv')(x)
     x = out[last] = act(norm(name=f'{last}_bn')(x))
-    return layers.GlobalAvgPool(name='pool')(x), out
+    return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
 
 
 registry.register(
@@ -204,5 +205,6 @@ registry.register(
     num_classes=10, min_input_size=8, head_dropout=0.2,
     description='MobileNetV2 for 32x32: stride-1 stem and row 2, stride 8',
     stem_strides=1,
-    block_settings=tuple((t, c, n, 1 if i == 1 else s)
-                         for i, (t, c, n, s) in enumerate(MOBILENET_V2_SETTINGS)))
+    block_settings=tuple(
+        (t, c, n, 1 if i == 1 else s)
+        for i, (t, c, n, s) in enumerate(MOBILENET_V2_SETTINGS)))

@@ -207,7 +207,8 @@ class ResNet(nn.Module):
     if self.block not in BLOCKS:
       raise ValueError(f'Unknown block {self.block!r}; valid: {list(BLOCKS)}.')
     if self.stem not in ('imagenet', 'cifar'):
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
+      raise ValueError(
+          f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     if self.shortcut not in ('A', 'B', 'C'):
       raise ValueError(f"shortcut must be 'A', 'B' or 'C', got "
                        f'{self.shortcut!r}.')
@@ -247,7 +248,8 @@ class ResNet(nn.Module):
             zero_init_residual=self.zero_init_residual,
             name=f'stage{i + 1}_block{j + 1}')(x)
       out[f'stage{i + 1}'] = x
-    return layers.GlobalAvgPool(name='pool')(x), out
+    last = f'stage{len(self.stage_sizes)}'
+    return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
 
 
 # ImageNet: depth -> (block, stage_sizes, torchvision parameter count).
