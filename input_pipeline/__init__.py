@@ -19,7 +19,7 @@ from __future__ import annotations
 from input_pipeline.augment import default_augment_config
 from input_pipeline.datasets import (DatasetInfo, get_dataset_info,
                                      load_split, local_names)
-from input_pipeline.errors import DatasetError
+from input_pipeline.errors import DatasetError, InputConfigError
 from input_pipeline.eval_data import eval_batches, num_eval_batches
 from input_pipeline.preprocess import normalize, to_unit_float
 from input_pipeline.sources import (TrainSource, create_eval_batches,
@@ -27,6 +27,7 @@ from input_pipeline.sources import (TrainSource, create_eval_batches,
 
 __all__ = [
     'DatasetError',
+    'InputConfigError',
     'DatasetInfo',
     'TrainSource',
     'create_eval_batches',

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from input_pipeline import errors
+
 Array = jax.Array
 AugmentConfig = Mapping[str, Any]
 
@@ -53,7 +55,7 @@ def resolve_config(config: AugmentConfig | None) -> dict[str, Any]:
   config = dict(config or {})
   unknown = sorted(set(config) - set(_DEFAULTS))
   if unknown:
-    raise ValueError(
+    raise errors.InputConfigError(
         f'Unknown augmentation option(s) {unknown}; '
         f'valid: {sorted(_DEFAULTS)}.')
   out = default_augment_config()
@@ -64,13 +66,13 @@ def resolve_config(config: AugmentConfig | None) -> dict[str, Any]:
   for name in ('rotation_degrees', 'brightness', 'contrast', 'noise_std'):
     out[name] = float(out[name])
     if out[name] < 0:
-      raise ValueError(f'Augmentation {name} must be >= 0, got {out[name]}.')
+      raise errors.InputConfigError(f'Augmentation {name} must be >= 0, got {out[name]}.')
   lo, hi = (float(s) for s in out['scale'])
   if not 0 < lo <= hi:
-    raise ValueError(f'Augmentation scale must be 0 < lo <= hi, got {lo, hi}.')
+    raise errors.InputConfigError(f'Augmentation scale must be 0 < lo <= hi, got {lo, hi}.')
   out['scale'] = (lo, hi)
   if out['crop_padding'] < 0:
-    raise ValueError(f"crop_padding must be >= 0, got {out['crop_padding']}.")
+    raise errors.InputConfigError(f"crop_padding must be >= 0, got {out['crop_padding']}.")
   return out
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from input_pipeline import augment, ordering, preprocess
+from input_pipeline import augment, errors, ordering, preprocess
 
 # Tags for splitting the data key: the order and the augmentations draw from
 # independent streams.
@@ -109,7 +109,7 @@ class DeviceSource:
                seed: int = 0, process_index: int = 0, process_count: int = 1,
                mesh: Mesh | None = None, data_axis: str = 'data'):
     if global_batch_size % process_count:
-      raise ValueError(
+      raise errors.InputConfigError(
           f'Global batch size {global_batch_size} is not divisible by the '
           f'{process_count} processes.')
     self.info = info
@@ -129,7 +129,7 @@ class DeviceSource:
     self.mesh = mesh
     self.data_axis = data_axis
     if self.global_batch_size % mesh.shape[data_axis]:
-      raise ValueError(
+      raise errors.InputConfigError(
           f'Global batch size {global_batch_size} is not divisible by the '
           f'{mesh.shape[data_axis]} devices of mesh axis {data_axis!r}.')
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -1,4 +1,5 @@
-"""The one exception type for data that cannot be found or read."""
+"""Exceptions for data that cannot be found or read, and for input configs
+that cannot work; the messages say how to fix them."""
 
 from __future__ import annotations
 
@@ -23,3 +24,7 @@ class DatasetError(ValueError):
 
   The message always says what is wrong, where, and how to fix it.
   """
+
+
+class InputConfigError(ValueError):
+  """An input setting that cannot work (batch size, pipeline name, ...)."""

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from input_pipeline import preprocess
+from input_pipeline import errors, preprocess
 
 
 def num_eval_batches(num_examples: int, batch_size: int) -> int:
@@ -46,7 +46,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
     B_local = batch_size // process_count; padded rows are all zero.
   """
   if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(
+    raise errors.InputConfigError(
         f'Eval batch size {batch_size} must be positive and divisible by the '
         f'{process_count} processes.')
   n = len(images)

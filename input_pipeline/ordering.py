@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from input_pipeline import errors
+
 _ROUNDS = 6
 # Odd constants of murmur3's finaliser and the golden ratio (2^32 / phi).
 _M1, _M2, _GOLDEN = 0x85EBCA6B, 0xC2B2AE35, 0x9E3779B9
@@ -104,10 +106,10 @@ def permute_jax(positions: jax.Array, n: int, seed, epoch) -> jax.Array:
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch; the incomplete last batch is dropped."""
   if global_batch_size <= 0:
-    raise ValueError(f'Batch size must be positive, got {global_batch_size}.')
+    raise errors.InputConfigError(f'Batch size must be positive, got {global_batch_size}.')
   steps = num_examples // global_batch_size
   if steps == 0:
-    raise ValueError(
+    raise errors.InputConfigError(
         f'Global batch size {global_batch_size} exceeds the {num_examples} '
         'training examples; not even one full batch per epoch.')
   return steps

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from input_pipeline import datasets, eval_data
+from input_pipeline import datasets, errors, eval_data
 
 PIPELINES = ('device', 'tfdata')
 
@@ -56,7 +56,7 @@ def _load(input_config: Any, split: str, subset_field: str
           ) -> tuple[np.ndarray, np.ndarray, datasets.DatasetInfo]:
   name = _field(input_config, 'dataset')
   if not name:
-    raise ValueError('config.input.dataset is not set.')
+    raise errors.InputConfigError('config.input.dataset is not set.')
   common = dict(
       data_dir=_field(input_config, 'data_dir'),
       manual_dir=_field(input_config, 'manual_dir'),
@@ -93,7 +93,7 @@ def create_train_source(input_config: Any, *, seed: int,
   """
   pipeline = _field(input_config, 'pipeline', 'device')
   if pipeline not in PIPELINES:
-    raise ValueError(
+    raise errors.InputConfigError(
         f'config.input.pipeline must be one of {PIPELINES}, got {pipeline!r}.')
   if global_batch_size is None:
     global_batch_size = int(_field(input_config, 'batch_size'))

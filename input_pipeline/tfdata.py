@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from input_pipeline import _tf, augment, augment_tf, ordering, preprocess
+from input_pipeline import (_tf, augment, augment_tf, errors, ordering,
+                            preprocess)
 
 tf = _tf.import_tensorflow()
 
@@ -44,7 +45,7 @@ class TfDataSource:
                seed: int = 0, process_index: int = 0, process_count: int = 1,
                prefetch: int = tf.data.AUTOTUNE):
     if global_batch_size % process_count:
-      raise ValueError(
+      raise errors.InputConfigError(
           f'Global batch size {global_batch_size} is not divisible by the '
           f'{process_count} processes.')
     if not 0 <= process_index < process_count:

@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import layers
+from cnn import errors, layers
 from cnn.models import registry
 
 Array = jax.Array
@@ -55,7 +55,7 @@ def check_nonempty(x: Array, where: str) -> None:
   too small.
   """
   if x.shape[1] < 1 or x.shape[2] < 1:
-    raise ValueError(
+    raise errors.UserError(
         f'The feature map after {where} is {x.shape[1]}x{x.shape[2]}: the '
         'input image is too small for this model (see its min_input_size).')
 
@@ -101,7 +101,7 @@ class AdaptiveAvgPool(nn.Module):
       elif len(lengths) == 1 and len(steps) == 1:
         window[axis - 1], strides[axis - 1] = lengths.pop(), steps.pop()
       else:
-        raise ValueError(
+        raise errors.UserError(
             f'Adaptive average pooling from {in_h}x{in_w} to '
             f'{self.size}x{self.size} has unequal windows and is not '
             'supported: choose an input size for which the last feature map '

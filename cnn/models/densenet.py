@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import layers
+from cnn import errors, layers
 from cnn.models import registry
 
 Array = jax.Array
@@ -126,7 +126,7 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
     if self.stem not in ('imagenet', 'cifar'):
-      raise ValueError(
+      raise errors.UserError(
           f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)

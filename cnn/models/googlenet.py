@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import layers
+from cnn import errors, layers
 from cnn.models import registry
 
 Array = jax.Array
@@ -77,7 +77,7 @@ def ceil_max_pool(x: Array, window: int, strides: int, name: str) -> Array:
   pads = []
   for size in x.shape[1:3]:
     if size < window:
-      raise ValueError(
+      raise errors.UserError(
           f'A {window}x{window} max-pool ({name}) got a {x.shape[1]}x'
           f'{x.shape[2]} feature map: the input image is too small for this '
           'model (see its min_input_size).')
@@ -177,7 +177,7 @@ class AuxHead(nn.Module):
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     dtype = layers.as_dtype(self.dtype)
     if min(x.shape[1:3]) < 5:
-      raise ValueError(
+      raise errors.UserError(
           f'The auxiliary classifier needs a feature map of at least 5x5, got '
           f'{x.shape[1]}x{x.shape[2]}: the input image is too small (or use '
           'aux_heads=False).')

@@ -47,7 +47,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import layers
+from cnn import errors, layers
 from cnn.models import registry
 
 Array = jax.Array
@@ -109,7 +109,7 @@ class _ResidualBlock(nn.Module):
       x = self.norm(name='proj_bn')(x)
     elif changes:  # Option A.
       if x.shape[-1] > out_ch:
-        raise ValueError(
+        raise errors.UserError(
             f'Shortcut option A cannot reduce channels ({x.shape[-1]} -> '
             f"{out_ch}); use shortcut='B'.")
       s = self.strides
@@ -205,16 +205,16 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
     if self.block not in BLOCKS:
-      raise ValueError(f'Unknown block {self.block!r}; valid: {list(BLOCKS)}.')
+      raise errors.UserError(f'Unknown block {self.block!r}; valid: {list(BLOCKS)}.')
     if self.stem not in ('imagenet', 'cifar'):
-      raise ValueError(
+      raise errors.UserError(
           f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     if self.shortcut not in ('A', 'B', 'C'):
-      raise ValueError(f"shortcut must be 'A', 'B' or 'C', got "
+      raise errors.UserError(f"shortcut must be 'A', 'B' or 'C', got "
                        f'{self.shortcut!r}.')
     if self.zero_init_residual and not self.residual:
       # Without a shortcut a zero scale would cut the signal at every block.
-      raise ValueError('zero_init_residual=True needs residual=True.')
+      raise errors.UserError('zero_init_residual=True needs residual=True.')
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,

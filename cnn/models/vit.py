@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import layers
+from cnn import errors, layers
 from cnn.models import registry
 
 Array = jax.Array
@@ -105,7 +105,7 @@ class ViT(nn.Module):
     act = layers.get_activation(self.activation)
     p = self.patch_size
     if x.shape[1] % p or x.shape[2] % p:
-      raise ValueError(f'Image size {x.shape[1]}x{x.shape[2]} is not '
+      raise errors.UserError(f'Image size {x.shape[1]}x{x.shape[2]} is not '
                        f'divisible by the patch size {p}.')
     block_cls = nn.remat(EncoderBlock) if self.remat else EncoderBlock
 
