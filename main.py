@@ -91,7 +91,8 @@ def main(argv):
   from cnn import errors, train  # pylint: disable=g-import-not-at-top
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
-  except (errors.UserError, input_pipeline.DatasetError) as e:
+  except (errors.UserError, input_pipeline.DatasetError,
+          input_pipeline.InputConfigError) as e:
     # Mistakes a user can make (names, sizes, data, workdir) come as
     # ValueErrors with the fix in the message: show it, not a traceback.
     logging.error('%s: %s', type(e).__name__, e)
@@ -100,8 +101,34 @@ def main(argv):
   logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The file of --config=PATH[:ARG] (or --config PATH) in `argv`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1].partition(':')[0]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1].partition(':')[0]
+  return None
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Exits with a message when the --config file does not exist.
+
+  ml_collections defers that error to the first use of the config, which
+  then surfaces as a traceback from deep inside training.
+  """
+  path = _config_path(argv)
+  if path is None or os.path.isfile(path):
+    return
+  available = (sorted(n for n in os.listdir('configs') if n.endswith('.py'))
+               if os.path.isdir('configs') else [])
+  hint = f' Configs in configs/: {available}.' if available else ''
+  sys.exit(f'error: config file {path!r} does not exist.{hint}')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with a readable message for config-field typos."""
+  _check_config_file(argv)
   try:
     return FLAGS(argv)
   except flags.Error as e:

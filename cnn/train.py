@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 import input_pipeline
 from cnn import checkpoint as checkpoint_lib
@@ -150,6 +151,14 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process; all processes must call it."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(
+      np.asarray(flag, np.int32))))
+
+
 def _fetch(tree) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(tree).items()}
 
@@ -214,6 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       inp, seed=config.seed, global_batch_size=inp.batch_size,
       process_index=jax.process_index(), process_count=jax.process_count(),
       mesh=mesh, data_axis=sharding.DATA_AXIS)
+  # Loaded before anything in the workdir is written, so that a missing or
+  # corrupt test set fails without touching an existing run.
+  eval_batches = _eval_batches(inp, eval_batch_size, mesh)
   steps_per_epoch = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * steps_per_epoch)))
@@ -227,10 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,
                                              keep=config.keep_checkpoints)
-  writer = metrics_lib.MetricWriter(workdir)
   meta = dict(identity=experiment_identity(config))
   restored, _ = checkpointer.restore_latest(
       state, check_meta=_check_meta(config, workdir))
+  # After the identity check: a refused workdir gets no new event file.
+  writer = metrics_lib.MetricWriter(workdir)
   if restored is not None:
     state = restored
     logging.info('Resumed from the checkpoint at step %d.', int(state.step))
@@ -261,7 +274,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     next_input = lambda: sharding.put_global_batch(next(batches), mesh)
 
   eval_fn = jax.jit(steps.eval_step, donate_argnums=(1,))
-  eval_batches = _eval_batches(inp, eval_batch_size, mesh)
 
   replicated = sharding.replicated(mesh)
   # Start from arrays already placed like the step's outputs, so the second
@@ -283,14 +295,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if sums['nonfinite_count'] and config.on_nonfinite != 'skip':
       bad = int(sums['first_nonfinite_step'])
       good = checkpointer.latest_step()
+      where = (f'the last good checkpoint is step {good} in '
+               f'{checkpointer.directory}' if good is not None else
+               'no checkpoint had been saved yet')
       raise NonFiniteLossError(
           f'Non-finite loss or gradient at step {bad} (the update of step '
-          f'{bad} produced NaN/Inf). The run stopped without saving; the last '
-          f'good checkpoint is step {good} in {checkpointer.directory}. Lower '
-          '--config.optimizer.learning_rate, add --config.optimizer.'
+          f'{bad} produced NaN/Inf). The run stopped without saving; {where}. '
+          'Lower --config.optimizer.learning_rate, add --config.optimizer.'
           'grad_clip_norm=1.0, or set --config.on_nonfinite=skip to skip '
           'such updates.')
 
+  # Saving is collective: the processes of a multi-process run must stop at
+  # the same step, so they agree on a signal at boundaries all of them reach
+  # (one process alone may have got it, or got it a step later).
+  stop_any_step = jax.process_count() == 1
   with _StopRequest() as stop:
     try:
       while step < total_steps:
@@ -304,8 +322,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         is_eval = step % eval_every == 0 or step == total_steps
         is_log = step % config.log_every_steps == 0
         is_ckpt = step % config.checkpoint_every_steps == 0
-        if not (is_eval or is_log or is_ckpt or stop.signal_name):
+        if not (is_eval or is_log or is_ckpt
+                or (stop_any_step and stop.signal_name)):
           continue
+        # Read once: a signal arriving later in this step must not skip the
+        # save below and still end the run.
+        stopping = _any_process(stop.signal_name is not None)
         # A host sync happens only here, at log/eval/checkpoint boundaries.
         sums = _fetch(metrics)
         check_finite(sums)
@@ -336,10 +358,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                    else v for k, v in record.items()}))
           metrics = new_train_metrics()
           timed_steps, train_time = 0, 0.0
-        if is_eval or is_ckpt or stop.signal_name:
+        if is_eval or is_ckpt or stopping:
           checkpointer.save(state, meta)
         interval_start, interval_step = time.time(), step
-        if stop.signal_name:
+        if stopping:
           status = 'preempted'
           break
     finally:
@@ -348,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.close()
   if status == 'preempted':
     logging.warning('Stopped by %s at step %d; the checkpoint is saved. Run '
-                    'the same command again to resume.', stop.signal_name, step)
+                    'the same command again to resume.',
+                    stop.signal_name or 'a signal to another process', step)
   if not last_record:
     last_record = (metrics_lib.read_metrics(workdir) or [{}])[-1]
   return RunResult(status=status, step=step, metrics=last_record)

@@ -1,0 +1,413 @@
+"""Reliability: exact resume after a kill, preemption, damaged checkpoints,
+NaN/Inf, and a golden checkpoint that pins the on-disk format.
+
+Runs that must die (SIGKILL, SIGTERM, SIGINT) are `main.py` subprocesses;
+the rest call `train.train_and_evaluate` in this process. Everything uses the
+tiny LeNet-5 config of `tests/helpers.py` (512 training examples, batch 32).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnn import checkpoint as checkpoint_lib
+from cnn import optim, sharding, train
+from cnn.metrics import read_metrics
+from tests.golden import make_golden
+from tests.helpers import REPO, run_main, tiny_config
+
+# The fields `tiny_config` sets, as main.py flags: a subprocess run with
+# `main_args(workdir, overrides)` trains exactly `tiny_config(**overrides)`.
+TINY_FLAGS = {
+    'input.train_subset': 512, 'input.test_subset': 1000,
+    'input.batch_size': 32, 'input.eval_batch_size': 384,
+    'num_epochs': 2.0, 'log_every_steps': 8, 'checkpoint_every_steps': 8,
+    'progress_bar': False,
+}
+
+
+def main_args(workdir, overrides: dict | None = None) -> list[str]:
+  fields = dict(TINY_FLAGS, **(overrides or {}))
+  return (['--config=configs/default.py', f'--workdir={workdir}']
+          + [f'--config.{k}={v}' for k, v in fields.items()])
+
+
+def popen_main(args: list[str]) -> subprocess.Popen:
+  """Starts `python main.py ARGS` without waiting (to signal it)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.Popen([sys.executable, 'main.py', *args], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, workdir, after: int = 0,
+                        timeout: float = 120) -> int:
+  """Polls until `workdir` holds a finished checkpoint newer than `after`."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    newer = [s for s in checkpoint_steps(workdir) if s > after]
+    if newer:
+      return newer[-1]
+    if proc.poll() is not None:
+      _, err = proc.communicate()
+      pytest.fail(f'main.py exited ({proc.returncode}) before a checkpoint '
+                  f'after step {after}:\n{err[-3000:]}')
+    time.sleep(0.01)
+  proc.kill()
+  pytest.fail(f'no checkpoint after step {after} within {timeout} s')
+
+
+def file_digests(directory) -> dict[str, str]:
+  """sha256 of every file under `directory` (to prove nothing changed)."""
+  digests = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digests[os.path.relpath(path, directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return digests
+
+
+def assert_trees_equal(a, b) -> None:
+  """Bit-identical leaves (NaN == NaN), with the first differing path."""
+  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree.leaves(b)
+  assert len(paths_a) == len(leaves_b)
+  for (path, x), y in zip(paths_a, leaves_b):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape, path
+    assert x.tobytes() == y.tobytes(), (
+        f'{jax.tree_util.keystr(path)} differs: max |diff| '
+        f'{np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))}')
+
+
+# ------------------------------------------------------------ exact resume
+
+
+def test_sigkill_then_rerun_is_bit_identical_to_one_run(tmp_path):
+  # 96 steps, a checkpoint every 4: the kill lands on a random step, possibly
+  # in the middle of an asynchronous save (a half-written checkpoint).
+  overrides = {'num_epochs': 6.0, 'checkpoint_every_steps': 4,
+               'log_every_steps': 4, 'eval_every_epochs': 3.0}
+  once, killed = str(tmp_path / 'once'), str(tmp_path / 'killed')
+  train.train_and_evaluate(tiny_config(**overrides), once)
+
+  args = main_args(killed, overrides)
+  # Random, but counted in steps rather than seconds, so that a faster
+  # machine does not finish before the kill.
+  rng = random.Random()
+  target, delay = rng.randrange(4, 72, 4), rng.uniform(0.0, 0.05)
+  proc = popen_main(args)
+  wait_for_checkpoint(proc, killed, after=target - 1)
+  time.sleep(delay)
+  assert proc.poll() is None, f'the run ended before the kill ({target=})'
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  at_kill = checkpoint_steps(killed)
+  assert at_kill and at_kill[-1] < 96, (target, delay, at_kill)
+
+  rerun = run_main(args)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  resumed = re.search(r'Resumed from the checkpoint at step (\d+)',
+                      rerun.stderr)
+  assert resumed, rerun.stderr[-3000:]
+  assert int(resumed.group(1)) in at_kill, (resumed.group(1), at_kill)
+  print(f'killed {delay:.3f} s after checkpoint {target}; checkpoints then: '
+        f'{at_kill}; resumed at {resumed.group(1)}; half-written save found: '
+        f'{"half-written" in rerun.stderr}')
+
+  # Same config on both sides (the flags reproduce tiny_config) ...
+  with open(os.path.join(once, 'config.json')) as f1, open(
+      os.path.join(killed, 'config.json')) as f2:
+    assert json.load(f1) == json.load(f2)
+  # ... and the same bits at the end: data order, augmentation and dropout
+  # follow (seed, step), and the restored state is exact.
+  step_a, a = checkpoint_lib.load_arrays(once)
+  step_b, b = checkpoint_lib.load_arrays(killed)
+  assert step_a == step_b == 96
+  assert_trees_equal(a, b)
+  ma, mb = read_metrics(once), read_metrics(killed)
+  assert [r['step'] for r in ma] == [r['step'] for r in mb] == [48, 96]
+  assert [r['test_loss'] for r in ma] == [r['test_loss'] for r in mb]
+
+
+# -------------------------------------------------------------- preemption
+
+
+def _stopped_at(stderr: str, signal_name: str) -> int:
+  match = re.search(rf'Stopped by {signal_name} at step (\d+)', stderr)
+  assert match, stderr[-3000:]
+  assert 'again to resume' in stderr
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  return int(match.group(1))
+
+
+def test_sigterm_and_sigint_save_and_the_rerun_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  # 320 steps: long enough that a signal after the first checkpoint lands
+  # mid-run; evaluation only at the end keeps each step cheap.
+  overrides = {'num_epochs': 20.0, 'checkpoint_every_steps': 16,
+               'log_every_steps': 16, 'eval_every_epochs': 20.0,
+               'schedule.name': 'constant'}
+  args = main_args(workdir, overrides)
+
+  proc = popen_main(args)
+  wait_for_checkpoint(proc, workdir)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  term_step = _stopped_at(err, 'SIGTERM')
+  assert 0 < term_step < 320
+  # Saved at the very step it stopped, and finished writing before exit.
+  assert checkpoint_steps(workdir)[-1] == term_step
+  assert not glob.glob(os.path.join(workdir, 'checkpoints', '*tmp*'))
+
+  proc = popen_main(args)
+  wait_for_checkpoint(proc, workdir, after=term_step)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert f'Resumed from the checkpoint at step {term_step}.' in err
+  int_step = _stopped_at(err, 'SIGINT')
+  assert term_step < int_step < 320
+  assert checkpoint_steps(workdir)[-1] == int_step
+
+  final = run_main(args)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert f'Resumed from the checkpoint at step {int_step}.' in final.stderr
+  assert 'completed at step 320' in final.stderr
+  assert [r['step'] for r in read_metrics(workdir)] == [320]
+
+
+# ---------------------------------------------------- damaged checkpoints
+
+
+@pytest.fixture(scope='module')
+def small_state():
+  """A freshly initialised tiny LeNet-5 TrainState (no training)."""
+  config = tiny_config()
+  mesh = sharding.create_mesh()
+  model = train.create_model(config, num_classes=10)
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=16,
+                                     total_steps=32)
+  return train.create_train_state(config, model, (28, 28, 1), lr, mesh)
+
+
+def _largest_array_file(step_dir: str) -> str:
+  files = glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'),
+                    recursive=True)
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+  path = _largest_array_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _flip_bytes(step_dir):
+  # Inside the array data: orbax stores no checksum, so only the fingerprint
+  # in the metadata can notice this.
+  path = _largest_array_file(step_dir)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(16)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+def _garble_manifest(step_dir):
+  with open(os.path.join(step_dir, 'state', 'manifest.ocdbt'), 'wb') as f:
+    f.write(b'not a manifest')
+
+
+def _garble_meta(step_dir):
+  with open(os.path.join(step_dir, 'meta', 'metadata'), 'w') as f:
+    f.write('{"identity": ')
+
+
+def _drop_commit_and_arrays(step_dir):
+  # A step directory without its data, as a non-atomic file system can leave.
+  os.remove(os.path.join(step_dir, 'commit_success.txt'))
+  for path in glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_*')):
+    shutil.rmtree(path)
+
+
+@pytest.mark.parametrize('damage', [_truncate, _flip_bytes, _garble_manifest,
+                                    _garble_meta, _drop_commit_and_arrays])
+def test_damaged_latest_checkpoint_falls_back_and_is_set_aside(
+    tmp_path, small_state, damage, caplog):
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=5)
+  for step in (1, 2, 3):
+    checkpointer.save(small_state.replace(step=small_state.step + step),
+                      {'identity': {}})
+  checkpointer.close()
+  directory = os.path.join(str(tmp_path), 'checkpoints')
+  good = {s: file_digests(os.path.join(directory, str(s))) for s in (1, 2)}
+  damage(os.path.join(directory, '3'))
+
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=5)
+  with caplog.at_level('WARNING'):
+    restored, _ = checkpointer.restore_latest(small_state)
+  checkpointer.close()
+  assert int(restored.step) == 2
+  assert_trees_equal(restored.params, small_state.params)
+  assert 'step 3 could not be restored' in caplog.text
+  assert checkpoint_steps(str(tmp_path)) == [1, 2]
+  assert os.listdir(directory + '.damaged') == ['3']
+  for s in (1, 2):  # the good ones are untouched, byte for byte.
+    assert file_digests(os.path.join(directory, str(s))) == good[s]
+
+
+def test_checkpoint_of_other_code_is_refused_not_set_aside(
+    tmp_path, small_state):
+  # Same config identity, other arrays (as after a change to the model
+  # code): not damage, so nothing may be moved and the run must not restart.
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+  checkpointer.save(small_state, {'identity': {}})
+  checkpointer.close()
+  before = file_digests(str(tmp_path))
+  config = tiny_config(**{'model.widths': (6, 16, 100, 84)})
+  model = train.create_model(config, num_classes=10)
+  lr = optim.create_learning_rate_fn(config, 16, 32)
+  other = train.create_train_state(config, model, (28, 28, 1), lr,
+                                   sharding.create_mesh())
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path))
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                     match=r'other arrays than this code builds.*'
+                           r'only saved: \[\(\(120,\).*only expected: '
+                           r'\[\(\(100,\)'):
+    checkpointer.restore_latest(other)
+  checkpointer.close()
+  assert file_digests(str(tmp_path)) == before
+
+
+def test_broken_and_half_written_checkpoints_through_main(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(), workdir)  # checkpoints 16, 24, 32
+  directory = os.path.join(workdir, 'checkpoints')
+  # A save killed midway: orbax writes `<step>.orbax-checkpoint-tmp` first.
+  half = os.path.join(directory, '40.orbax-checkpoint-tmp')
+  shutil.copytree(os.path.join(directory, '32'), half)
+  os.remove(os.path.join(half, 'commit_success.txt'))
+  _garble_manifest(os.path.join(directory, '32'))
+  good = {s: file_digests(os.path.join(directory, str(s))) for s in (16, 24)}
+
+  result = run_main(main_args(workdir, {'num_epochs': 3.0,
+                                        'keep_checkpoints': 5}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-5000:]
+  assert 'half-written checkpoint 40.orbax-checkpoint-tmp' in result.stderr
+  assert 'step 32 could not be restored' in result.stderr
+  assert 'Resumed from the checkpoint at step 24.' in result.stderr
+  assert 'completed at step 48' in result.stderr
+  assert sorted(os.listdir(directory + '.damaged')) == [
+      '32', '40.orbax-checkpoint-tmp']
+  assert checkpoint_steps(workdir) == [16, 24, 32, 40, 48]
+  for s in (16, 24):
+    assert file_digests(os.path.join(directory, str(s))) == good[s]
+  assert [r['epoch'] for r in read_metrics(workdir)] == [1.0, 2.0, 3.0]
+
+
+# ----------------------------------------------------------------- NaN/Inf
+
+
+def test_nonfinite_loss_stops_with_a_clean_message_and_saves_nothing(
+    tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(num_epochs=1.0), workdir)  # 8, 16
+  directory = os.path.join(workdir, 'checkpoints')
+  before = file_digests(directory)
+
+  # Resumes at 16 (the learning rate is not part of the identity), then
+  # diverges: Adam's first step moves every weight by ~lr.
+  result = run_main(main_args(workdir, {'optimizer.learning_rate': 1e30}))
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr, result.stderr[-5000:]
+  message = re.search(r'error: (Non-finite .*)', result.stderr)
+  assert message, result.stderr[-3000:]
+  assert re.search(r'at step 1[6-9]\b', message.group(1)), message.group(1)
+  assert f'last good checkpoint is step 16 in {directory}' in message.group(1)
+  assert file_digests(directory) == before
+  assert not os.path.exists(directory + '.damaged')
+
+
+def test_nonfinite_loss_before_any_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r'at step [0-7]\b.*no checkpoint had been saved'):
+    train.train_and_evaluate(
+        tiny_config(**{'optimizer.learning_rate': 1e30}), workdir)
+  assert checkpoint_steps(workdir) == []
+
+
+def test_skip_nonfinite_completes_and_counts_skipped_steps(tmp_path):
+  workdir = str(tmp_path / 'run')
+  result = train.train_and_evaluate(
+      tiny_config(**{'optimizer.learning_rate': 1e30,
+                     'on_nonfinite': 'skip'}), workdir)
+  assert result.status == 'completed' and result.step == 32
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == [16, 32]
+  assert all(r['nonfinite_steps'] > 0 for r in records), records
+  # Skipped updates never reach the state: every saved array is finite.
+  _, arrays = checkpoint_lib.load_arrays(workdir)
+  for leaf in jax.tree.leaves(arrays['params']):
+    assert np.all(np.isfinite(leaf))
+
+
+# ------------------------------------------------------ golden checkpoint
+
+
+def test_golden_checkpoint_restores_with_the_current_libraries(tmp_path):
+  with open(make_golden.EXPECTED) as f:
+    expected = json.load(f)
+  # A copy: a failed restore moves a checkpoint aside, and the committed
+  # golden files must never change.
+  workdir = str(tmp_path / 'golden')
+  shutil.copytree(make_golden.WORKDIR, workdir)
+
+  # 1. Model-free: the raw arrays, bit for bit.
+  step, arrays = checkpoint_lib.load_arrays(workdir)
+  assert step == expected['step']
+  assert make_golden.describe(arrays) == expected['arrays']
+
+  # 2. As training restores it: into a TrainState of the golden config,
+  # fingerprint verified, identity unchanged.
+  config = make_golden.golden_config()
+  mesh = sharding.create_mesh()
+  model = train.create_model(config, num_classes=10)
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=8,
+                                     total_steps=expected['step'])
+  target = train.create_train_state(config, model, (28, 28, 1), lr, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(workdir)
+  restored, meta = checkpointer.restore_latest(target)
+  checkpointer.close()
+  assert restored is not None, 'the golden checkpoint did not restore'
+  assert int(restored.step) == expected['step']
+  assert meta == expected['meta']
+  assert_trees_equal(restored.params, arrays['params'])
+  assert_trees_equal(restored.batch_stats, arrays['batch_stats'])
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints.damaged'))

@@ -1,0 +1,225 @@
+"""The same training on 1 device, 8 (simulated) devices and 2 processes.
+
+The train step is one `jax.jit` over a 1-D mesh with the global batch fixed,
+so the device count changes only the order of floating-point sums: results
+agree to float tolerance, batch-norm statistics included (they are computed
+over the global batch, not per device). Checkpoints restore with the
+restoring run's shardings, so a workdir moves between topologies.
+
+Runs with another device count are `main.py` subprocesses, since XLA reads
+`--xla_force_host_platform_device_count` only when JAX starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnn import checkpoint as checkpoint_lib
+from cnn import optim, sharding, train
+from cnn.metrics import read_metrics
+from tests.helpers import REPO, run_main, tiny_config
+
+EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+
+# The fields `tiny_config` sets, as main.py flags (see test_reliability.py).
+TINY_FLAGS = {
+    'input.train_subset': 512, 'input.test_subset': 1000,
+    'input.batch_size': 32, 'input.eval_batch_size': 384,
+    'num_epochs': 2.0, 'log_every_steps': 8, 'checkpoint_every_steps': 8,
+    'progress_bar': False,
+}
+
+# 32 Adam steps from the same start: sums split over 8 devices round
+# differently (~1e-7 relative per step), which training grows a little.
+RTOL, ATOL = 1e-3, 1e-4
+
+
+def main_args(workdir, overrides: dict | None = None) -> list[str]:
+  fields = dict(TINY_FLAGS, **(overrides or {}))
+  return (['--config=configs/default.py', f'--workdir={workdir}']
+          + [f'--config.{k}={v}' for k, v in fields.items()])
+
+
+def assert_trees_close(a, b, what: str) -> None:
+  paths = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree.leaves(b)
+  assert len(paths) == len(leaves_b)
+  for (path, x), y in zip(paths, leaves_b):
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL,
+        err_msg=f'{what}: {jax.tree_util.keystr(path)}')
+
+
+@pytest.fixture(scope='module')
+def one_device_run(tmp_path_factory) -> str:
+  """The tiny default run (LeNet-5 with batch norm) in this process."""
+  if jax.device_count() != 1:
+    pytest.skip('the test process must have one device (unset XLA_FLAGS)')
+  workdir = str(tmp_path_factory.mktemp('topology') / 'one_device')
+  train.train_and_evaluate(tiny_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def eight_device_run(tmp_path_factory) -> str:
+  workdir = str(tmp_path_factory.mktemp('topology') / 'eight_devices')
+  result = run_main(main_args(workdir), env=EIGHT_DEVICES)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'CpuDevice(id=7)' in result.stderr  # really 8 devices.
+  return workdir
+
+
+def test_eight_devices_train_like_one(one_device_run, eight_device_run):
+  step_1, one = checkpoint_lib.load_arrays(one_device_run)
+  step_8, eight = checkpoint_lib.load_arrays(eight_device_run)
+  assert step_1 == step_8 == 32
+  assert_trees_close(one['params'], eight['params'], 'params')
+  # Per-device statistics over 4 examples would be far off the global ones.
+  assert_trees_close(one['batch_stats'], eight['batch_stats'], 'batch_stats')
+  m1, m8 = read_metrics(one_device_run), read_metrics(eight_device_run)
+  assert [r['step'] for r in m1] == [r['step'] for r in m8] == [16, 32]
+  for r1, r8 in zip(m1, m8):
+    assert r1['test_count'] == r8['test_count'] == 1000
+    assert abs(r1['test_accuracy'] - r8['test_accuracy']) <= 0.003
+    np.testing.assert_allclose(r1['test_loss'], r8['test_loss'], rtol=1e-3)
+
+
+def test_checkpoints_move_between_one_and_eight_devices(
+    tmp_path, one_device_run, eight_device_run):
+  # 8 -> 1, in this process: arrays come back with the target's sharding.
+  from_eight = str(tmp_path / 'from_eight')
+  shutil.copytree(eight_device_run, from_eight)
+  config = tiny_config(num_epochs=3.0)
+  mesh = sharding.create_mesh()
+  model = train.create_model(config, num_classes=10)
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=16,
+                                     total_steps=48)
+  target = train.create_train_state(config, model, (28, 28, 1), lr, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(from_eight)
+  restored, _ = checkpointer.restore_latest(target)
+  checkpointer.close()
+  assert int(restored.step) == 32
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+    assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
+  _, saved = checkpoint_lib.load_arrays(eight_device_run)
+  for got, want in zip(jax.tree.leaves(restored.params),
+                       jax.tree.leaves(saved['params'])):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  result = train.train_and_evaluate(config, from_eight)
+  assert result.step == 48
+
+  # 1 -> 8, in a subprocess with 8 devices.
+  from_one = str(tmp_path / 'from_one')
+  shutil.copytree(one_device_run, from_one)
+  resumed = run_main(main_args(from_one, {'num_epochs': 3.0}),
+                     env=EIGHT_DEVICES)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from the checkpoint at step 32.' in resumed.stderr
+  assert 'completed at step 48' in resumed.stderr
+
+  # Both continued the same training from (nearly) the same state.
+  _, a = checkpoint_lib.load_arrays(from_eight)
+  _, b = checkpoint_lib.load_arrays(from_one)
+  assert_trees_close(a['params'], b['params'], 'params after 48 steps')
+  assert [r['epoch'] for r in read_metrics(from_one)] == [1.0, 2.0, 3.0]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _start_two_processes(workdir, overrides) -> list[subprocess.Popen]:
+  address = f'localhost:{_free_port()}'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  env.pop('XLA_FLAGS', None)
+  return [
+      subprocess.Popen(
+          [sys.executable, 'main.py', *main_args(workdir, overrides),
+           f'--coordinator_address={address}', '--num_processes=2',
+           f'--process_id={i}'],
+          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+          text=True)
+      for i in range(2)]
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> list[str]:
+  """Waits for every process; returns their stderr; all must exit 0."""
+  try:
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, err) in enumerate(zip(procs, errs)):
+    assert p.returncode == 0, f'process {i}:\n{err[-3000:]}'
+    assert f'process {i} of 2' in err
+    assert 'Traceback' not in err, err[-3000:]
+  return errs
+
+
+@pytest.mark.parametrize('pipeline', [
+    'device', pytest.param('tfdata', marks=pytest.mark.slow)])
+def test_two_processes_preempted_and_resumed_train_like_one(
+    tmp_path, one_device_run, pipeline):
+  # Two processes with one CPU device each, joined by jax.distributed (CPU
+  # collectives: gloo, JAX's default). 'device': each process holds the
+  # train set and computes the rows of the global batch that live on its
+  # devices; 'tfdata': each process reads only its half of every batch. Eval
+  # batches are split by process in both. Process 0 writes the metrics; both
+  # write their shards of the checkpoint (orbax, collectively).
+  overrides = {'input.pipeline': pipeline}
+  if pipeline == 'device':
+    reference = one_device_run
+  else:
+    reference = str(tmp_path / 'one_process')
+    train.train_and_evaluate(tiny_config(**overrides), reference)
+  workdir = str(tmp_path / 'two_processes')
+
+  # SIGTERM to process 1 only: both must stop at the same step (saving is
+  # collective), save, and exit cleanly.
+  procs = _start_two_processes(workdir, overrides)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + 240
+  while not (os.path.isdir(ckpt_dir)
+             and any(n.isdigit() for n in os.listdir(ckpt_dir))):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), (
+        'no checkpoint from the two processes')
+    time.sleep(0.01)
+  procs[1].send_signal(signal.SIGTERM)
+  errs = _wait_all(procs)
+  stopped = [re.search(r'Stopped by (.*) at step (\d+)', e) for e in errs]
+  assert all(stopped), [e[-2000:] for e in errs]
+  assert stopped[1].group(1) == 'SIGTERM'
+  assert stopped[0].group(1) == 'a signal to another process'
+  stop_step = int(stopped[0].group(2))
+  assert stop_step == int(stopped[1].group(2)) < 32
+
+  # The rerun resumes in both processes and ends where one process ends.
+  errs = _wait_all(_start_two_processes(workdir, overrides))
+  for err in errs:
+    assert f'Resumed from the checkpoint at step {stop_step}.' in err
+    assert 'completed at step 32' in err
+  step, two = checkpoint_lib.load_arrays(workdir)
+  _, one = checkpoint_lib.load_arrays(reference)
+  assert step == 32
+  assert_trees_close(one['params'], two['params'], 'params')
+  assert_trees_close(one['batch_stats'], two['batch_stats'], 'batch_stats')
+  m1, m2 = read_metrics(reference), read_metrics(workdir)
+  assert [r['step'] for r in m2] == [16, 32]  # written once, by process 0.
+  for r1, r2 in zip(m1, m2):
+    assert r2['test_count'] == 1000  # each test example once, not twice.
+    assert abs(r1['test_accuracy'] - r2['test_accuracy']) <= 0.003
+    np.testing.assert_allclose(r1['test_loss'], r2['test_loss'], rtol=1e-3)
