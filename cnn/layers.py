@@ -7,6 +7,8 @@ fast implementation for non-overlapping windows lives in one place.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -97,3 +99,188 @@ class Flatten(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
+
+
+# --- Speed on CPU -------------------------------------------------------------
+# The functions below are drop-in alternatives for the XLA CPU backend, where
+# measurements (benchmarks/FINDINGS.md) show a naive step losing time. Each one
+# is a no-op or an exact re-formulation elsewhere, so models may use them
+# unconditionally.
+
+
+_REFERENCE_CONVOLUTIONS = contextvars.ContextVar('reference_convolutions',
+                                                 default=False)
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == 'cpu'
+
+
+def materialize(x: Array) -> Array:
+  """Identity that makes XLA on CPU store `x` instead of recomputing it.
+
+  XLA fuses cheap elementwise producers (batch norm, ReLU, residual adds) into
+  every consumer. When a consumer is the transposed copy that a convolution's
+  weight gradient needs, the whole chain (for a ResNet: every block of the
+  stage so far) is recomputed in transposed, cache-hostile order: about a
+  third of a CIFAR ResNet-20 step on CPU (benchmarks/FINDINGS.md). XLA CPU
+  strips `lax.optimization_barrier`, but cannot fuse across a conditional, so
+  `x` is passed through one whose predicate is only known at run time. Both
+  branches return `x` exactly (`jnp.copy`; identical branches would be
+  simplified away). On other backends it returns `x` (a conditional costs a
+  host sync on GPU).
+
+  Args:
+    x: any array (at least one element).
+
+  Returns:
+    `x`, with the same value, shape and dtype.
+  """
+  if not _on_cpu() or x.size == 0 or _REFERENCE_CONVOLUTIONS.get():
+    return x
+  keep = jnp.isfinite(x.reshape(-1)[0])
+  return jax.lax.cond(keep, lambda v: v, jnp.copy, x)
+
+
+def _explicit_padding(padding: Any, kernel_size: tuple[int, int],
+                      strides: tuple[int, int],
+                      in_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+  """'SAME' / 'VALID' / int / pairs -> ((top, bottom), (left, right))."""
+  if isinstance(padding, str):
+    return tuple(jax.lax.padtype_to_pads(in_size, kernel_size, strides,
+                                         padding.upper()))
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def banded_conv(x: Array, kernel: Array, strides: Sequence[int] = (1, 1),
+                padding: Any = 'VALID') -> Array:
+  """2-D convolution as a single matmul with a banded matrix along the width.
+
+  Same result as `lax.conv_general_dilated(x, kernel, strides, padding,
+  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`. Each output row is computed
+  from the `kh` input rows it sees, flattened to `kh * W_in * C_in` numbers,
+  times a (block-Toeplitz) matrix whose band holds the kernel:
+
+    y[b, h, w, o] = sum_{i, w', c} x[b, s_h h + i, w', c] T[i, w', c, w, o],
+    T[i, w', c, w, o] = kernel[i, w' - s_w w, c, o]  (0 <= w' - s_w w < kw).
+
+  The matmul does about `W_in / kw` times the convolution's multiply-adds, but
+  for small channel counts (LeNet's 1 -> 6 and 6 -> 16) its forward pass and
+  gradients run 1.5-3.5x faster than XLA's CPU convolution kernels (c3's
+  forward pass: equal; benchmarks/conv_ops.py), its gradients are plain
+  matmuls (no layout transposes), and it stays fast inside `lax.scan` loop
+  bodies, where XLA CPU leaves weight-gradient convolutions in a slow generic
+  form.
+
+  Args:
+    x: [batch, height, width, in_channels].
+    kernel: [kh, kw, in_channels, out_channels].
+    strides: (s_h, s_w).
+    padding: 'SAME', 'VALID', an int or ((top, bottom), (left, right)).
+
+  Returns:
+    [batch, out_height, out_width, out_channels], in the promoted dtype of
+    `x` and `kernel`.
+  """
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  pads = _explicit_padding(padding, (kh, kw), (sh, sw), x.shape[1:3])
+  if any(p for pair in pads for p in pair):
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  b, h_in, w_in, _ = x.shape
+  h_out = (h_in - kh) // sh + 1
+  w_out = (w_in - kw) // sw + 1
+  # Rows of the input seen by kernel row i, for every output row.
+  rows = jnp.concatenate(
+      [x[:, i:i + sh * (h_out - 1) + 1:sh].reshape(b, h_out, w_in * cin)
+       for i in range(kh)], axis=-1)
+  # Band matrix: tap index w' - s_w * w, valid inside the kernel's width.
+  tap = jnp.arange(w_in)[:, None] - sw * jnp.arange(w_out)[None, :]
+  inside = (tap >= 0) & (tap < kw)
+  band = jnp.where(inside[None, :, :, None, None],
+                   # [kh, W_in, W_out, in, out]
+                   kernel[:, jnp.clip(tap, 0, kw - 1)],
+                   jnp.zeros((), kernel.dtype))
+  band = band.transpose(0, 1, 3, 2, 4).reshape(kh * w_in * cin, w_out * cout)
+  y = rows.reshape(b * h_out, kh * w_in * cin) @ band
+  return y.reshape(b, h_out, w_out, cout)
+
+
+def banded_conv_redundancy(in_width: int, kernel_width: int) -> float:
+  """Multiply-adds of `banded_conv` / those of a direct convolution.
+
+  The band matrix has `in_width` rows for each output column, of which only
+  `kernel_width` are non-zero, whatever the stride.
+  """
+  return in_width / kernel_width
+
+
+@contextlib.contextmanager
+def reference_convolutions():
+  """Within this context `Conv(impl='auto')` traces `lax.conv` and
+  `materialize` is the identity, so that size accounting and inspection see
+  the plain network, not its CPU re-formulations (a banded matmul does more
+  multiply-adds for the same result; a conditional hides the data flow)."""
+  token = _REFERENCE_CONVOLUTIONS.set(True)
+  try:
+    yield
+  finally:
+    _REFERENCE_CONVOLUTIONS.reset(token)
+
+
+class Conv(nn.Conv):
+  """`nn.Conv` that may compute itself as a banded matmul on CPU.
+
+  A subclass, with the same parameters (`kernel` [kh, kw, in, features],
+  `bias` [features]), so checkpoints, parameter counts and size accounting
+  treat it as `nn.Conv`. Inputs are [batch, height, width, channels].
+
+  Attributes:
+    impl: 'xla' (`nn.Conv`), 'banded' (`banded_conv`) or 'auto': banded on
+      the CPU backend for small convolutions (kernel contraction
+      kh * kw * in <= 160 and `banded_conv_redundancy` <= 8, e.g. both LeNet-5
+      convolutions; benchmarks/FINDINGS.md), xla otherwise. Banded supports
+      neither dilation nor groups.
+  """
+
+  impl: str = 'auto'
+
+  def choose_impl(self, in_width: int, in_channels: int) -> str:
+    """The implementation used for an input of this width and depth."""
+    if self.impl not in ('auto', 'xla', 'banded'):
+      raise errors.UserError(f"Conv impl must be 'auto', 'xla' or 'banded', "
+                             f'got {self.impl!r}.')
+    plain = (self.feature_group_count == 1 and self.input_dilation in (1, None)
+             and self.kernel_dilation in (1, None) and len(self.kernel_size) == 2)
+    if self.impl == 'xla' or not plain:
+      return 'xla'
+    if self.impl == 'banded':
+      return 'banded'
+    kh, kw = self.kernel_size
+    strides = _pair(self.strides)
+    pads = _explicit_padding(self.padding, (kh, kw), strides, (1, in_width))
+    padded_width = in_width + sum(pads[1])
+    small = (kh * kw * in_channels <= 160 and
+             banded_conv_redundancy(padded_width, kw) <= 8)
+    use = _on_cpu() and small and not _REFERENCE_CONVOLUTIONS.get()
+    return 'banded' if use else 'xla'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.choose_impl(x.shape[2], x.shape[3]) == 'xla':
+      return super().__call__(x)
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (kh, kw, x.shape[-1], self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    y = banded_conv(x, kernel, _pair(self.strides), self.padding)
+    return y if bias is None else y + bias
+
+
+def _pair(v: Any) -> tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)

@@ -282,11 +282,14 @@ class _Recorder:
     self.calls: list[_Call] = []
     self.paths: set[tuple[str, ...]] = set()  # Modules entered by any method.
     self._events = 0
+    self._active: list[nn.Module] = []
 
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
     self.paths.add(tuple(module.path))
-    if context.method_name != '__call__':
+    # A subclass calling super().__call__ (layers.Conv) is one layer call.
+    if context.method_name != '__call__' or (
+        self._active and self._active[-1] is module):
       return next_fun(*args, **kwargs)
     shape, _ = _shape_dtype(args[0] if args else next(iter(kwargs.values()),
                                                       None))
@@ -294,8 +297,12 @@ class _Recorder:
                  start=self._events)
     self._events += 1
     self.calls.append(call)
-    with jax.named_scope(f'{_MARK}{call.idx}'):
-      out = next_fun(*args, **kwargs)
+    self._active.append(module)
+    try:
+      with jax.named_scope(f'{_MARK}{call.idx}'):
+        out = next_fun(*args, **kwargs)
+    finally:
+      self._active.pop()
     call.out_shape, call.out_dtype = _shape_dtype(out)
     params = module.variables.get('params', {}) if module.scope else {}
     for key, value in params.items():
@@ -330,7 +337,9 @@ def _trace(module: nn.Module, input_shape: Sequence[int], train: bool):
                             **kwargs)
       return module.apply(variables, x, **kwargs)
 
-  closed = jax.make_jaxpr(forward)(x, variables)
+  # Count convolutions as convolutions, whatever faster form the CPU uses.
+  with layers.reference_convolutions():
+    closed = jax.make_jaxpr(forward)(x, variables)
   return variables, recorder, closed
 
 
@@ -778,7 +787,8 @@ def xla_cost_analysis(model: str | nn.Module,
   variables = jax.eval_shape(
       lambda x: module.init(jax.random.key(0), x, **kwargs), x)
   apply = jax.jit(lambda v, x: module.apply(v, x, **kwargs))
-  cost = apply.lower(variables, x).compile().cost_analysis()
+  with layers.reference_convolutions():  # the network, not its CPU forms.
+    cost = apply.lower(variables, x).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per device.
     cost = cost[0]
   return {k: float(v) for k, v in cost.items()}
