@@ -64,12 +64,22 @@ class RunResult:
 def _field(config: ml_collections.ConfigDict, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
-  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  if isinstance(config, ml_collections.ConfigDict):
+    return config.to_dict()
+  return config
+
+
+# Backbone options that change how the network is computed, not what it is:
+# a run may resume with them changed.
+IMPLEMENTATION_OPTIONS = ('remat', 'conv_impl')
 
 
 def experiment_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  identity = {f: _field(config, f) for f in IDENTITY_FIELDS}
+  identity['model'] = {k: v for k, v in identity['model'].items()
+                       if k not in IMPLEMENTATION_OPTIONS}
   # Through JSON, as it is stored in the checkpoint (tuples become lists).
-  return json.loads(json.dumps({f: _field(config, f) for f in IDENTITY_FIELDS}))
+  return json.loads(json.dumps(identity))
 
 
 def _model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -217,7 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       download=inp.download, image_size=inp.image_size)
   registry.check_input_shape(config.model_name, info.image_shape)
   sharding.check_batch_size(inp.batch_size)
-  eval_batch_size = -(-inp.eval_batch_size // jax.device_count()) * jax.device_count()
+  devices = jax.device_count()
+  eval_batch_size = -(-inp.eval_batch_size // devices) * devices
 
   source = input_pipeline.create_train_source(
       inp, seed=config.seed, global_batch_size=inp.batch_size,
