@@ -305,8 +305,8 @@ def report(model_name: str, shape, runners: list[Runner]) -> dict[str, float]:
   torch_names = [n for n in med if n.startswith('torch')]
   best_torch = max((med[n] for n in torch_names), default=float('nan'))
   print(f'\n{model_name}, input {"x".join(map(str, shape))}')
-  print(f'| variant | images/s (median) | min - max | CPU/wall | set-up s '
-        f'| / best PyTorch |')
+  print('| variant | images/s (median) | min - max | CPU/wall | set-up s '
+        '| / best PyTorch |')
   print('|---|---|---|---|---|---|')
   for r in runners:
     print(f'| {r.name} | {med[r.name]:,.0f} | {min(r.images_per_s):,.0f} - '

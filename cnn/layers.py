@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -48,6 +49,21 @@ def as_dtype(dtype: Any) -> Any:
 
 def _pool_padding(padding: str | Sequence[tuple[int, int]]):
   return padding.upper() if isinstance(padding, str) else tuple(padding)
+
+
+def conv_and_norm(dtype: Any, train: bool, kernel_init: Callable
+                  ) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
+  """The bias-free conv and batch-norm constructors of the BN families.
+
+  Batch norm follows PyTorch's defaults (momentum 0.1 there = 0.9 here,
+  epsilon 1e-5), as the reference implementations the parameter counts are
+  checked against; `train` selects batch statistics over running ones.
+  """
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                           kernel_init=kernel_init)
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5, dtype=dtype)
+  return conv, norm
 
 
 class Pool(nn.Module):

@@ -221,7 +221,7 @@ class Summary:
     rows = data.pop('layers')
     head = json.dumps(data, indent=indent)
     pad = ' ' * indent
-    lines = f',\n'.join(f'{pad * 2}{json.dumps(r)}' for r in rows)
+    lines = ',\n'.join(f'{pad * 2}{json.dumps(r)}' for r in rows)
     return f'{head[:-2]},\n{pad}"layers": [\n{lines}\n{pad}]\n}}'
 
   def table(self) -> str:

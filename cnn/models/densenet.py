@@ -20,7 +20,6 @@ downsampling. The final BN + ReLU belong to the last stage.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -130,10 +129,7 @@ class DenseNet(nn.Module):
           f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=dtype)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     layer_cls = nn.remat(DenseLayer) if self.remat else DenseLayer
 
     out = {}

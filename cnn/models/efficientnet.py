@@ -17,7 +17,6 @@ resolution; the registered input sizes are the paper's.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
@@ -77,10 +76,7 @@ class EfficientNet(nn.Module):
   def __call__(self, x: Array, *, train: bool = False):
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=dtype)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     block_cls = nn.remat(InvertedResidual) if self.remat else InvertedResidual
     channels = lambda c: make_divisible(c * self.width, 8)
     repeats = [int(math.ceil(row[4] * self.depth))

@@ -168,10 +168,7 @@ class MobileNetV2(nn.Module):
   def __call__(self, x: Array, *, train: bool = False):
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=dtype)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     block_cls = nn.remat(InvertedResidual) if self.remat else InvertedResidual
     div = functools.partial(make_divisible, divisor=self.round_nearest)
 

@@ -40,7 +40,6 @@ addition and the activation after it (the original, "post-activation" order).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -222,10 +221,7 @@ class ResNet(nn.Module):
       raise errors.UserError('zero_init_residual=True needs residual=True.')
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                             kernel_init=conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=dtype)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     block_cls = BLOCKS[self.block]
     if self.remat:
       block_cls = nn.remat(block_cls)
