@@ -67,7 +67,8 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. '
                          '--config=configs/default.py')
-  # TensorFlow (tf.data path only) must never take an accelerator from JAX.
+  # TensorFlow is imported only by the tf.data path, which hides every
+  # accelerator from it (input_pipeline/_tf.py); here it is only kept quiet.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   logging.get_absl_logger().addFilter(_QuietLibraries())
   _initialize_distributed()
