@@ -13,6 +13,7 @@ be replaced for a new number of classes without touching the backbone.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -58,3 +59,66 @@ class Classifier(nn.Module):
     logits = self.classify(pre_logits, train=train)
     out = dict(out, pre_logits=pre_logits, logits=logits)
     return logits, out
+
+
+def param_group(path: tuple[str, ...]) -> str:
+  """The parameter group of a parameter path, e.g. ('backbone',
+  'stage2_block1', 'conv1', 'kernel') -> 'stage2'; ('head', 'bias') -> 'head'.
+
+  Groups are what freezing and per-group learning rates act on: the head, and
+  the backbone's top-level modules up to the first '_' (`stem`, `stage1`, ...,
+  `aux1`; LeNet-5's layers `c1`, `s2`, ...).
+  """
+  if path[0] != 'backbone':
+    return path[0]
+  return path[1].split('_')[0]
+
+
+def param_group_labels(params) -> Any:
+  """A pytree like `params` whose leaves are their group names (the labels
+  `optax.multi_transform` takes)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: param_group(tuple(k.key for k in path)), params)
+
+
+def replace_head(model: Classifier, variables: dict, num_classes: int,
+                 rng: jax.Array, input_shape: tuple[int, int, int]
+                 ) -> tuple[Classifier, dict]:
+  """The same network with a new `num_classes`-way head (transfer learning).
+
+  The backbone's variables are kept; the head (and auxiliary heads, whose
+  shapes depend on the class count) are freshly initialised from `rng`.
+
+  Args:
+    model: a `Classifier` from `registry.create_model`.
+    variables: its variables ({'params': ..., 'batch_stats': ...}).
+    num_classes: the new number of classes.
+    rng: PRNG key for the new head.
+    input_shape: (height, width, channels) of the inputs, for initialisation.
+
+  Returns:
+    (new model, new variables).
+  """
+  backbone = model.backbone
+  if 'num_classes' in {f.name for f in dataclasses.fields(backbone)}:
+    backbone = backbone.clone(num_classes=num_classes)
+  new_model = model.clone(backbone=backbone, num_classes=num_classes)
+  fresh = jax.jit(lambda key: new_model.init(
+      {'params': key, 'dropout': key},
+      jnp.zeros((1, *input_shape), jnp.float32)))(rng)
+
+  def keep_old(path, new_leaf):
+    old_leaf = _get(variables, [k.key for k in path])
+    same = old_leaf is not None and old_leaf.shape == new_leaf.shape
+    keep = same and param_group(tuple(k.key for k in path[1:])) != 'head'
+    return old_leaf if keep else new_leaf
+
+  return new_model, jax.tree_util.tree_map_with_path(keep_old, fresh)
+
+
+def _get(tree, keys):
+  for k in keys:
+    if not hasattr(tree, 'get') or k not in tree:
+      return None
+    tree = tree[k]
+  return tree
