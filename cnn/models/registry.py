@@ -126,7 +126,9 @@ def create_model(name: str, *, num_classes: int | None = None,
   if unknown:
     raise errors.UserError(
         f'Model {name!r} has no option(s) {unknown}. Valid options for its '
-        f'backbone {spec.backbone_cls.__name__}: {valid}.')
+        f'backbone {spec.backbone_cls.__name__}: {valid}. (A config\'s '
+        '`model` section holds the options of one model; to train another, '
+        f'use its own config, e.g. --config=configs/zoo.py:{name}.)')
   kwargs = dict(spec.kwargs, **overrides)
   if 'dtype' in valid:
     kwargs['dtype'] = dtype
