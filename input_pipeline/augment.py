@@ -66,13 +66,16 @@ def resolve_config(config: AugmentConfig | None) -> dict[str, Any]:
   for name in ('rotation_degrees', 'brightness', 'contrast', 'noise_std'):
     out[name] = float(out[name])
     if out[name] < 0:
-      raise errors.InputConfigError(f'Augmentation {name} must be >= 0, got {out[name]}.')
+      raise errors.InputConfigError(
+          f'Augmentation {name} must be >= 0, got {out[name]}.')
   lo, hi = (float(s) for s in out['scale'])
   if not 0 < lo <= hi:
-    raise errors.InputConfigError(f'Augmentation scale must be 0 < lo <= hi, got {lo, hi}.')
+    raise errors.InputConfigError(
+        f'Augmentation scale must be 0 < lo <= hi, got {lo, hi}.')
   out['scale'] = (lo, hi)
   if out['crop_padding'] < 0:
-    raise errors.InputConfigError(f"crop_padding must be >= 0, got {out['crop_padding']}.")
+    raise errors.InputConfigError(
+        f"crop_padding must be >= 0, got {out['crop_padding']}.")
   return out
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from input_pipeline import augment, errors, ordering, preprocess
+from input_pipeline import augment, errors, ordering, preprocess, source_base
 
 # Tags for splitting the data key: the order and the augmentations draw from
 # independent streams.
@@ -87,7 +87,7 @@ _global_batch_jit = jax.jit(
     static_argnames=('global_batch_size', 'augment_items', 'mean', 'std'))
 
 
-class DeviceSource:
+class DeviceSource(source_base.SourceBase):
   """Train source whose batches are computed on device from (seed, step).
 
   Attributes:
@@ -108,22 +108,10 @@ class DeviceSource:
                global_batch_size: int, augment_config: Any = None,
                seed: int = 0, process_index: int = 0, process_count: int = 1,
                mesh: Mesh | None = None, data_axis: str = 'data'):
-    if global_batch_size % process_count:
-      raise errors.InputConfigError(
-          f'Global batch size {global_batch_size} is not divisible by the '
-          f'{process_count} processes.')
-    self.info = info
-    self.seed = seed
-    self.num_examples = int(images.shape[0])
-    self.global_batch_size = int(global_batch_size)
-    self.local_batch_size = self.global_batch_size // process_count
-    self.process_index = process_index
-    self.process_count = process_count
-    self.steps_per_epoch = ordering.steps_per_epoch(self.num_examples,
-                                                    self.global_batch_size)
-    self.augment_config = augment.resolve_config(augment_config)
-    self._mean = tuple(info.mean)
-    self._std = tuple(info.std)
+    super().__init__(
+        images.shape[0], info=info, global_batch_size=global_batch_size,
+        augment_config=augment_config, seed=seed, process_index=process_index,
+        process_count=process_count)
     if mesh is None:
       mesh = Mesh(np.asarray(jax.devices()), (data_axis,))
     self.mesh = mesh

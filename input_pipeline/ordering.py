@@ -106,7 +106,8 @@ def permute_jax(positions: jax.Array, n: int, seed, epoch) -> jax.Array:
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch; the incomplete last batch is dropped."""
   if global_batch_size <= 0:
-    raise errors.InputConfigError(f'Batch size must be positive, got {global_batch_size}.')
+    raise errors.InputConfigError(
+        f'Batch size must be positive, got {global_batch_size}.')
   steps = num_examples // global_batch_size
   if steps == 0:
     raise errors.InputConfigError(

@@ -20,13 +20,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from input_pipeline import (_tf, augment, augment_tf, errors, ordering,
-                            preprocess)
+from input_pipeline import (_tf, augment, augment_tf, ordering, preprocess,
+                            source_base)
 
 tf = _tf.import_tensorflow()
 
 
-class TfDataSource:
+class TfDataSource(source_base.SourceBase):
   """Train source backed by tf.data; see the module docstring.
 
   Attributes:
@@ -44,26 +44,11 @@ class TfDataSource:
                global_batch_size: int, augment_config: Any = None,
                seed: int = 0, process_index: int = 0, process_count: int = 1,
                prefetch: int = tf.data.AUTOTUNE):
-    if global_batch_size % process_count:
-      raise errors.InputConfigError(
-          f'Global batch size {global_batch_size} is not divisible by the '
-          f'{process_count} processes.')
-    if not 0 <= process_index < process_count:
-      raise ValueError(
-          f'process_index {process_index} outside 0..{process_count - 1}.')
-    self.info = info
-    self.seed = int(seed)
-    self.num_examples = int(images.shape[0])
-    self.global_batch_size = int(global_batch_size)
-    self.local_batch_size = self.global_batch_size // process_count
-    self.process_index = process_index
-    self.process_count = process_count
-    self.steps_per_epoch = ordering.steps_per_epoch(self.num_examples,
-                                                    self.global_batch_size)
-    self.augment_config = augment.resolve_config(augment_config)
+    super().__init__(
+        images.shape[0], info=info, global_batch_size=global_batch_size,
+        augment_config=augment_config, seed=seed, process_index=process_index,
+        process_count=process_count)
     self._prefetch = prefetch
-    self._mean = tuple(info.mean)
-    self._std = tuple(info.std)
     # One host copy shared by all map calls (captured by reference).
     self._images = tf.constant(np.asarray(images, np.uint8))
     self._labels = tf.constant(np.asarray(labels, np.int32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import subprocess
 import sys
@@ -42,3 +44,14 @@ def run_main(args: list[str], *, env: dict[str, str] | None = None,
   return subprocess.run(
       [sys.executable, 'main.py', *args], cwd=REPO, env=full_env,
       capture_output=True, text=True, timeout=timeout)
+
+
+def file_digests(directory) -> dict[str, str]:
+  """sha256 of every file under `directory` (to prove nothing changed)."""
+  digests = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digests[os.path.relpath(path, directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return digests

@@ -8,8 +8,6 @@ print no traceback, and leave every file of the workdir as it was.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 import re
 
@@ -18,7 +16,7 @@ import pytest
 
 from cnn import train
 from input_pipeline import idx
-from tests.helpers import run_main, tiny_config
+from tests.helpers import file_digests, run_main, tiny_config
 
 TINY_FLAGS = {
     'input.train_subset': 512, 'input.test_subset': 1000,
@@ -27,16 +25,6 @@ TINY_FLAGS = {
     'progress_bar': False,
 }
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-
-
-def _digests(directory: str) -> dict[str, str]:
-  out = {}
-  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, directory)] = hashlib.sha256(
-            f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -54,7 +42,7 @@ def fails_cleanly(trained_workdir):
 
   Returns the error text (stderr) for the case-specific assertions.
   """
-  before = _digests(trained_workdir)
+  before = file_digests(trained_workdir)
 
   def run(*extra: str, config: str = 'configs/default.py',
           env: dict[str, str] | None = None) -> str:
@@ -65,7 +53,7 @@ def fails_cleanly(trained_workdir):
     assert result.returncode != 0, err[-3000:]
     assert 'Traceback' not in err, err[-5000:]
     assert re.search(r'^error: \S', err, re.MULTILINE), err[-3000:]
-    assert _digests(trained_workdir) == before, 'the workdir changed'
+    assert file_digests(trained_workdir) == before, 'the workdir changed'
     return err
 
   return run

@@ -9,7 +9,6 @@ tiny LeNet-5 config of `tests/helpers.py` (512 training examples, batch 32).
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import random
@@ -28,7 +27,7 @@ from cnn import checkpoint as checkpoint_lib
 from cnn import optim, sharding, train
 from cnn.metrics import read_metrics
 from tests.golden import make_golden
-from tests.helpers import REPO, run_main, tiny_config
+from tests.helpers import REPO, file_digests, run_main, tiny_config
 
 # The fields `tiny_config` sets, as main.py flags: a subprocess run with
 # `main_args(workdir, overrides)` trains exactly `tiny_config(**overrides)`.
@@ -76,17 +75,6 @@ def wait_for_checkpoint(proc: subprocess.Popen, workdir, after: int = 0,
     time.sleep(0.01)
   proc.kill()
   pytest.fail(f'no checkpoint after step {after} within {timeout} s')
-
-
-def file_digests(directory) -> dict[str, str]:
-  """sha256 of every file under `directory` (to prove nothing changed)."""
-  digests = {}
-  for path in sorted(glob.glob(os.path.join(directory, '**'), recursive=True)):
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        digests[os.path.relpath(path, directory)] = hashlib.sha256(
-            f.read()).hexdigest()
-  return digests
 
 
 def assert_trees_equal(a, b) -> None:
