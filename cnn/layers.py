@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn import errors
+from cnn.kernels import onednn
 
 Array = jax.Array
 
@@ -51,16 +52,18 @@ def _pool_padding(padding: str | Sequence[tuple[int, int]]):
   return padding.upper() if isinstance(padding, str) else tuple(padding)
 
 
-def conv_and_norm(dtype: Any, train: bool, kernel_init: Callable
+def conv_and_norm(dtype: Any, train: bool, kernel_init: Callable,
+                  impl: str = 'auto'
                   ) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
   """The bias-free conv and batch-norm constructors of the BN families.
 
   Batch norm follows PyTorch's defaults (momentum 0.1 there = 0.9 here,
   epsilon 1e-5), as the reference implementations the parameter counts are
-  checked against; `train` selects batch statistics over running ones.
+  checked against; `train` selects batch statistics over running ones. The
+  convolutions are `Conv` (`nn.Conv`'s parameters) with implementation `impl`.
   """
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
-                           kernel_init=kernel_init)
+  conv = functools.partial(Conv, use_bias=False, dtype=dtype,
+                           kernel_init=kernel_init, impl=impl)
   norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                            momentum=0.9, epsilon=1e-5, dtype=dtype)
   return conv, norm
@@ -247,45 +250,67 @@ def reference_convolutions():
 
 
 class Conv(nn.Conv):
-  """`nn.Conv` that may compute itself as a banded matmul on CPU.
+  """`nn.Conv` that may compute itself faster on CPU.
 
   A subclass, with the same parameters (`kernel` [kh, kw, in, features],
   `bias` [features]), so checkpoints, parameter counts and size accounting
   treat it as `nn.Conv`. Inputs are [batch, height, width, channels].
 
   Attributes:
-    impl: 'xla' (`nn.Conv`), 'banded' (`banded_conv`) or 'auto': banded on
-      the CPU backend for small convolutions (kernel contraction
-      kh * kw * in <= 160 and `banded_conv_redundancy` <= 8, e.g. both LeNet-5
-      convolutions; benchmarks/FINDINGS.md), xla otherwise. Banded supports
-      neither dilation nor groups.
+    impl: 'xla' (`nn.Conv`), 'banded' (`banded_conv`), 'onednn'
+      (`cnn.kernels.onednn.conv2d`: oneDNN through XLA's FFI) or 'auto'. On
+      the CPU backend 'auto' picks banded for small convolutions (kernel
+      contraction kh * kw * in <= 160 and `banded_conv_redundancy` <= 8, e.g.
+      both LeNet-5 convolutions), else oneDNN where the kernel library is
+      built, the computation is float32 and there is one device; xla
+      otherwise and on other backends (benchmarks/FINDINGS.md). Neither banded
+      nor oneDNN supports dilation or groups.
   """
 
   impl: str = 'auto'
 
-  def choose_impl(self, in_width: int, in_channels: int) -> str:
-    """The implementation used for an input of this width and depth."""
-    if self.impl not in ('auto', 'xla', 'banded'):
-      raise errors.UserError(f"Conv impl must be 'auto', 'xla' or 'banded', "
-                             f'got {self.impl!r}.')
+  def choose_impl(self, in_width: int, in_channels: int,
+                  compute_dtype: Any = jnp.float32) -> str:
+    """The implementation used for an input of this width, depth and dtype."""
+    if self.impl not in IMPLS:
+      raise errors.UserError(f'Conv impl must be one of {IMPLS}, got '
+                             f'{self.impl!r}.')
     plain = (self.feature_group_count == 1 and self.input_dilation in (1, None)
-             and self.kernel_dilation in (1, None) and len(self.kernel_size) == 2)
+             and self.kernel_dilation in (1, None) and len(self.kernel_size) == 2
+             and not (isinstance(self.padding, str) and
+                      self.padding.upper() in ('CIRCULAR', 'CAUSAL')))
     if self.impl == 'xla' or not plain:
       return 'xla'
     if self.impl == 'banded':
       return 'banded'
+    if self.impl == 'onednn':
+      if not onednn.available():
+        raise errors.UserError(
+            "Conv impl 'onednn' needs the kernel library: run python -m "
+            "cnn.kernels.build (scripts/setup.sh does), or use impl 'auto'.")
+      if jnp.dtype(compute_dtype) != jnp.float32:
+        raise errors.UserError("Conv impl 'onednn' computes in float32 only; "
+                               "use impl 'auto' for other dtypes.")
+      return 'onednn'
+    if not _on_cpu() or _REFERENCE_CONVOLUTIONS.get():
+      return 'xla'
     kh, kw = self.kernel_size
     strides = _pair(self.strides)
     pads = _explicit_padding(self.padding, (kh, kw), strides, (1, in_width))
     padded_width = in_width + sum(pads[1])
-    small = (kh * kw * in_channels <= 160 and
-             banded_conv_redundancy(padded_width, kw) <= 8)
-    use = _on_cpu() and small and not _REFERENCE_CONVOLUTIONS.get()
-    return 'banded' if use else 'xla'
+    if (kh * kw * in_channels <= 160 and
+        banded_conv_redundancy(padded_width, kw) <= 8):
+      return 'banded'
+    if (jnp.dtype(compute_dtype) == jnp.float32 and jax.device_count() == 1
+        and onednn.available()):
+      return 'onednn'
+    return 'xla'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    if self.choose_impl(x.shape[2], x.shape[3]) == 'xla':
+    compute_dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+    impl = self.choose_impl(x.shape[2], x.shape[3], compute_dtype)
+    if impl == 'xla':
       return super().__call__(x)
     kh, kw = self.kernel_size
     kernel = self.param('kernel', self.kernel_init,
@@ -294,8 +319,16 @@ class Conv(nn.Conv):
                        self.param_dtype) if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    y = banded_conv(x, kernel, _pair(self.strides), self.padding)
+    strides = _pair(self.strides)
+    if impl == 'banded':
+      y = banded_conv(x, kernel, strides, self.padding)
+    else:
+      pads = _explicit_padding(self.padding, (kh, kw), strides, x.shape[1:3])
+      y = onednn.conv2d(x, kernel, strides, pads)
     return y if bias is None else y + bias
+
+
+IMPLS = ('auto', 'xla', 'banded', 'onednn')
 
 
 def _pair(v: Any) -> tuple[int, int]:

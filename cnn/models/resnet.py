@@ -192,6 +192,8 @@ class ResNet(nn.Module):
       storing them (`nn.remat`): less memory for deep nets, ~30% more compute.
     activation: name in `cnn.layers.ACTIVATIONS`.
     dtype: compute dtype.
+    conv_impl: `cnn.layers.Conv` implementation ('auto': oneDNN on CPU where
+      built, XLA elsewhere; 'xla', 'onednn').
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -205,6 +207,7 @@ class ResNet(nn.Module):
   remat: bool = False
   activation: str = 'relu'
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
@@ -221,7 +224,8 @@ class ResNet(nn.Module):
       raise errors.UserError('zero_init_residual=True needs residual=True.')
     dtype = layers.as_dtype(self.dtype)
     act = layers.get_activation(self.activation)
-    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init,
+                                      self.conv_impl)
     block_cls = BLOCKS[self.block]
     if self.remat:
       block_cls = nn.remat(block_cls)

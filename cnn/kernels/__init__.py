@@ -1,0 +1,1 @@
+"""Native kernels that XLA calls through its FFI (CPU only, optional)."""

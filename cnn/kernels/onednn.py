@@ -1,0 +1,108 @@
+"""2-D convolutions on CPU through oneDNN, as a differentiable JAX function.
+
+XLA CPU's convolution kernels are 2-7x slower than oneDNN's at CIFAR-ResNet
+shapes (weight gradients worst; benchmarks/FINDINGS.md). `conv2d` computes the
+forward pass, the input gradient and the weight gradient with oneDNN primitives
+(onednn_conv.cc) called through XLA's FFI, so they run inside the compiled
+step with no host round trip. Build the library once with
+`python -m cnn.kernels.build` (scripts/setup.sh does); `available()` says
+whether it is loaded.
+
+Scope: float32, NHWC inputs, HWIO kernels, strides and explicit padding; no
+dilation or groups (`cnn.layers.Conv` chooses XLA for those). The custom call
+has no sharding rule, so `cnn.layers.Conv` uses it only on a single device.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import pathlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
+LIBRARY = pathlib.Path(__file__).with_name('libcnn_onednn.so')
+_TARGETS = ('forward', 'backward_data', 'backward_weights')
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernel library is built, current and registered with XLA."""
+  if not LIBRARY.exists():
+    logging.info('oneDNN convolutions off: %s not built (python -m '
+                 'cnn.kernels.build).', LIBRARY.name)
+    return False
+  if LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+    logging.warning('oneDNN convolutions off: %s is older than %s; rebuild '
+                    'with python -m cnn.kernels.build.', LIBRARY.name,
+                    SOURCE.name)
+    return False
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(LIBRARY))
+  except OSError as e:
+    logging.warning('oneDNN convolutions off: cannot load %s (%s).', LIBRARY,
+                    e)
+    return False
+  for target in _TARGETS:
+    name = f'cnn_onednn_conv_{target}'
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)),
+                                platform='cpu')
+  return True
+
+
+def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
+          strides: tuple[int, int], padding: Padding) -> jax.Array:
+  (pt, pb), (pl, pr) = padding
+  call = jax.ffi.ffi_call(f'cnn_onednn_conv_{target}',
+                          jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))
+  return call(a, b, stride_h=np.int64(strides[0]),
+              stride_w=np.int64(strides[1]), pad_top=np.int64(pt),
+              pad_bottom=np.int64(pb), pad_left=np.int64(pl),
+              pad_right=np.int64(pr))
+
+
+def output_size(size: int, kernel: int, stride: int, pads: tuple[int, int]
+                ) -> int:
+  return (size + pads[0] + pads[1] - kernel) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: Padding) -> jax.Array:
+  """Cross-correlation like `lax.conv_general_dilated` in NHWC/HWIO.
+
+  Args:
+    x: [batch, height, width, in] float32.
+    kernel: [kh, kw, in, out] float32.
+    strides: (sh, sw).
+    padding: ((top, bottom), (left, right)) zero padding, in pixels.
+
+  Returns:
+    [batch, out_height, out_width, out] float32.
+  """
+  n, h, w, _ = x.shape
+  kh, kw, _, o = kernel.shape
+  shape = (n, output_size(h, kh, strides[0], padding[0]),
+           output_size(w, kw, strides[1], padding[1]), o)
+  return _call('forward', shape, x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return conv2d(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  dx = _call('backward_data', x.shape, dy, kernel, strides, padding)
+  dkernel = _call('backward_weights', kernel.shape, x, dy, strides, padding)
+  return dx, dkernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

@@ -1,0 +1,174 @@
+"""The oneDNN convolution kernel (cnn/kernels) against `lax.conv`, and the
+host memory settings (cnn/host_memory.py) that keep a CPU step free of page
+faults."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cnn
+from cnn import errors, host_memory, layers
+from cnn.kernels import onednn
+
+DN = ('NHWC', 'HWIO', 'NHWC')
+LINUX_X86 = sys.platform.startswith('linux') and platform.machine() == 'x86_64'
+
+
+def test_kernel_is_built_where_setup_builds_it():
+  # scripts/setup.sh builds it on Linux x86-64; a silent fallback to XLA's
+  # convolutions would cost CIFAR ResNets 2.5x of their CPU speed.
+  if not LINUX_X86:
+    pytest.skip('the kernel is built on Linux x86-64 only')
+  assert onednn.available(), 'run python -m cnn.kernels.build'
+
+
+needs_kernel = pytest.mark.skipif(
+    not onednn.available(), reason='oneDNN kernel not built')
+
+
+@needs_kernel
+@pytest.mark.parametrize('x_shape, k_shape, strides, pads', [
+    ((4, 32, 32, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1))),  # CIFAR
+    ((4, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((1, 1), (1, 1))),  # downsample
+    ((4, 16, 16, 16), (1, 1, 16, 32), (2, 2), ((0, 0), (0, 0))),  # option B
+    ((2, 35, 33, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),     # ImageNet stem
+    ((3, 9, 11, 5), (3, 2, 5, 7), (2, 3), ((0, 1), (1, 0))),      # asymmetric
+    ((1, 5, 5, 1), (5, 5, 1, 1), (1, 1), ((0, 0), (0, 0))),       # 1x1 output
+])
+def test_conv2d_matches_lax_conv_and_its_gradients(x_shape, k_shape, strides,
+                                                   pads):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(x, k, strides, pads,
+                                        dimension_numbers=DN)
+
+  def ours(x, k):
+    return onednn.conv2d(x, k, strides, pads)
+
+  want, got = reference(x, k), jax.jit(ours)(x, k)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  grads_want = jax.vjp(reference, x, k)[1](cot)
+  grads_got = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c))(x, k, cot)
+  for g, w in zip(grads_got, grads_want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
+
+
+@needs_kernel
+def test_conv2d_under_remat_and_second_call_reuses_the_plan():
+  x = jnp.ones((2, 8, 8, 4))
+  k = jnp.full((3, 3, 4, 4), 0.1)
+  pads = ((1, 1), (1, 1))
+
+  def loss(k):
+    y = jax.checkpoint(lambda k: onednn.conv2d(x, k, (1, 1), pads))(k)
+    return jnp.sum(jax.nn.relu(y) ** 2)
+
+  def reference(k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=DN)
+    return jnp.sum(jax.nn.relu(y) ** 2)
+
+  for _ in range(2):
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(k),
+                               jax.grad(reference)(k), rtol=1e-5)
+
+
+@needs_kernel
+def test_conv_module_with_onednn_is_a_drop_in_for_nn_conv():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 8)),
+                  jnp.float32)
+  ours = layers.Conv(16, (3, 3), strides=2, padding='SAME', impl='onednn')
+  theirs = nn.Conv(16, (3, 3), strides=2, padding='SAME')
+  variables = theirs.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
+          jax.tree.map(jnp.shape, variables))
+  np.testing.assert_allclose(ours.apply(variables, x),
+                             theirs.apply(variables, x), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
+def test_auto_chooses_onednn_for_float32_resnet_convolutions_on_cpu():
+  if jax.default_backend() != 'cpu' or jax.device_count() != 1:
+    pytest.skip('one CPU device')
+  conv = layers.Conv(16, (3, 3), padding=1)
+  assert conv.choose_impl(32, 16) == 'onednn'
+  assert conv.choose_impl(32, 16, jnp.bfloat16) == 'xla'
+  grouped = layers.Conv(16, (3, 3), padding=1, feature_group_count=16)
+  assert grouped.choose_impl(32, 16) == 'xla'
+  with layers.reference_convolutions():
+    assert conv.choose_impl(32, 16) == 'xla'
+
+
+@needs_kernel
+def test_onednn_impl_refuses_bfloat16_with_a_clear_message():
+  conv = layers.Conv(16, (3, 3), padding=1, impl='onednn')
+  with pytest.raises(errors.UserError, match='float32 only'):
+    conv.choose_impl(32, 16, jnp.bfloat16)
+
+
+def test_unknown_conv_impl_is_refused():
+  with pytest.raises(errors.UserError, match="'auto', 'xla'"):
+    layers.Conv(16, (3, 3), impl='cudnn').choose_impl(32, 16)
+
+
+# --- host memory
+
+
+def test_importing_cnn_applies_the_malloc_settings():
+  if not sys.platform.startswith('linux'):
+    pytest.skip('glibc only')
+  assert cnn.host_memory._applied
+  assert host_memory.keep_freed_memory()  # idempotent
+
+
+_FAULTS_PER_CALL = textwrap.dedent('''
+    import resource
+    import cnn  # applies (or, with CNN_KEEP_FREED_MEMORY=0, skips) the settings
+    import jax, jax.numpy as jnp
+
+    @jax.jit
+    def f(x):  # 64 MB intermediates inside one compiled program
+      y = jnp.sin(x)[None] * jnp.arange(4.0)[:, None]
+      return jnp.cos(y).sum()
+
+    x = jnp.ones((4 * 1024 * 1024,))
+    for _ in range(8):  # the heap settles into its steady shape
+      f(x).block_until_ready()
+    faults = []
+    for _ in range(11):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      f(x).block_until_ready()
+      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(sorted(faults)[5])  # median: a call now and then may grow the heap
+''')
+
+
+def _faults_per_call(keep: str) -> float:
+  env = {'CNN_KEEP_FREED_MEMORY': keep, 'JAX_PLATFORMS': 'cpu',
+         'PATH': '/usr/bin:/bin'}
+  out = subprocess.run([sys.executable, '-c', _FAULTS_PER_CALL], env=env,
+                       capture_output=True, text=True, check=True, timeout=120)
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_kept_memory_removes_the_page_faults_of_each_step():
+  if not sys.platform.startswith('linux'):
+    pytest.skip('glibc only')
+  kept, default = _faults_per_call('1'), _faults_per_call('0')
+  # Without the settings every call faults its 64 MB back in (16k pages);
+  # with them a typical call reuses the pages of the one before.
+  assert default > 8000, default
+  assert kept < 100, (kept, default)
