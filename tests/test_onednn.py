@@ -43,6 +43,7 @@ needs_kernel = pytest.mark.skipif(
     ((2, 35, 33, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),     # ImageNet stem
     ((3, 9, 11, 5), (3, 2, 5, 7), (2, 3), ((0, 1), (1, 0))),      # asymmetric
     ((1, 5, 5, 1), (5, 5, 1, 1), (1, 1), ((0, 0), (0, 0))),       # 1x1 output
+    ((7, 12, 12, 6), (3, 3, 6, 10), (2, 2), ((1, 1), (1, 1))),    # ragged chunks
 ])
 def test_conv2d_matches_lax_conv_and_its_gradients(x_shape, k_shape, strides,
                                                    pads):
@@ -84,6 +85,20 @@ def test_conv2d_under_remat_and_second_call_reuses_the_plan():
   for _ in range(2):
     np.testing.assert_allclose(jax.jit(jax.grad(loss))(k),
                                jax.grad(reference)(k), rtol=1e-5)
+
+
+@needs_kernel
+def test_weight_gradient_is_deterministic():
+  # Chunks run on whichever thread takes them; their partial sums are added
+  # in chunk order, so repeated calls agree bit for bit.
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(33, 16, 16, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 16, 16)), jnp.float32)
+  grad = jax.jit(jax.grad(
+      lambda k: jnp.sum(onednn.conv2d(x, k, (1, 1), ((1, 1), (1, 1))) ** 2)))
+  first = np.asarray(grad(k))
+  for _ in range(5):
+    np.testing.assert_array_equal(np.asarray(grad(k)), first)
 
 
 @needs_kernel

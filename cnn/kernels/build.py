@@ -35,7 +35,7 @@ def compile_command(prefix: pathlib.Path, out: pathlib.Path) -> list[str]:
   libdirs = [str(prefix / d) for d in ('lib', 'lib/x86_64-linux-gnu')
              if (prefix / d).is_dir()]
   return [os.environ.get('CXX', 'g++'), '-O2', '-std=c++17', '-shared',
-          '-fPIC', '-w', f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}',
+          '-fPIC', '-fopenmp', '-w', f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}',
           str(onednn.SOURCE), *[f'-L{d}' for d in libdirs], '-ldnnl',
           *[f'-Wl,-rpath,{d}' for d in libdirs], '-o', str(out)]
 

@@ -6,16 +6,29 @@
 // (benchmarks/FINDINGS.md). These handlers are registered as XLA FFI targets
 // by cnn/kernels/onednn.py, which pairs them into a differentiable function.
 //
+// Threads: the batch is cut into chunks that run single-threaded oneDNN
+// primitives on XLA's own thread pool (the caller takes chunks too), instead
+// of oneDNN's OpenMP team: XLA's threads and an OpenMP team on the same cores
+// wake and spin against each other between operations. Weight gradients are
+// summed over the chunks in a fixed order, so results do not depend on which
+// thread ran which chunk.
+//
 // Layouts: activations NHWC, kernels HWIO (Flax's), float32, no dilation, no
 // groups. Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left,
 // pad_right (int64). Primitives are built once per shape and cached.
 
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -32,20 +45,20 @@ using Tag = memory::format_tag;
 enum class Op { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Geometry {
-  int64_t n, h, w, c;      // input
-  int64_t oh, ow, o;       // output
-  int64_t kh, kw;          // kernel
+  int64_t n, h, w, c;  // input
+  int64_t oh, ow, o;   // output
+  int64_t kh, kw;      // kernel
   int64_t sh, sw, pt, pb, pl, pr;
 
   auto key(Op op) const {
     return std::make_tuple(static_cast<int>(op), n, h, w, c, oh, ow, o, kh, kw,
                            sh, sw, pt, pb, pl, pr);
   }
-  memory::desc src(Tag tag = Tag::nhwc) const {
-    return memory::desc({n, c, h, w}, memory::data_type::f32, tag);
+  memory::desc src() const {
+    return memory::desc({n, c, h, w}, memory::data_type::f32, Tag::nhwc);
   }
-  memory::desc dst(Tag tag = Tag::nhwc) const {
-    return memory::desc({n, o, oh, ow}, memory::data_type::f32, tag);
+  memory::desc dst() const {
+    return memory::desc({n, o, oh, ow}, memory::data_type::f32, Tag::nhwc);
   }
   memory::desc weights(Tag tag) const {
     return memory::desc({o, c, kh, kw}, memory::data_type::f32, tag);
@@ -53,30 +66,23 @@ struct Geometry {
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_l() const { return {pt, pl}; }
   memory::dims pad_r() const { return {pb, pr}; }
-
-  dnnl::convolution_forward::primitive_desc forward_pd(
-      const dnnl::engine& eng) const {
-    return dnnl::convolution_forward::primitive_desc(
-        eng, dnnl::prop_kind::forward_training,
-        dnnl::algorithm::convolution_direct, src(), weights(Tag::any), dst(),
-        strides(), pad_l(), pad_r());
-  }
+  int64_t src_image() const { return h * w * c; }   // floats per image
+  int64_t dst_image() const { return oh * ow * o; }
 };
 
-// One cached convolution: the primitive, and for kernels kept by oneDNN in a
-// blocked layout, the reorder between that layout and HWIO.
+// One cached convolution for one chunk size: the primitive, its scratchpad
+// size, and the reorder between HWIO and the (blocked) weight layout it wants.
 struct Plan {
   dnnl::primitive conv;
-  memory::desc weights_md;           // the layout the primitive wants
+  memory::desc weights_md;
+  size_t scratchpad_bytes = 0;
   bool reorder_weights = false;
-  dnnl::primitive weights_reorder;   // HWIO -> blocked (fwd, bwd data) or back
-  std::vector<float> weights_buffer; // blocked copy
+  dnnl::primitive weights_reorder;  // HWIO -> blocked, or back for gradients
 };
 
 struct Runtime {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-  std::mutex mutex;  // one convolution at a time: each uses every core
+  std::mutex mutex;  // guards `plans`
   std::map<decltype(Geometry{}.key(Op::kForward)), std::unique_ptr<Plan>> plans;
 };
 
@@ -85,31 +91,48 @@ Runtime& runtime() {
   return *rt;
 }
 
-Plan& plan_for(Runtime& rt, const Geometry& g, Op op) {
+// oneDNN (an OpenMP build) runs single-threaded in the calling thread.
+void use_one_thread() {
+  if (omp_get_max_threads() != 1) omp_set_num_threads(1);
+}
+
+const Plan& plan_for(const Geometry& g, Op op) {
+  Runtime& rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
   auto& slot = rt.plans[g.key(op)];
   if (slot) return *slot;
+  use_one_thread();  // primitives are tuned for the thread count at creation
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto plan = std::make_unique<Plan>();
-  auto fwd = g.forward_pd(rt.engine);
-  const memory::desc hwio = g.weights(Tag::hwio);
+  dnnl::convolution_forward::primitive_desc fwd(
+      rt.engine, dnnl::prop_kind::forward_training,
+      dnnl::algorithm::convolution_direct, g.src(), g.weights(Tag::any),
+      g.dst(), g.strides(), g.pad_l(), g.pad_r(), attr);
   if (op == Op::kForward) {
     plan->conv = dnnl::convolution_forward(fwd);
     plan->weights_md = fwd.weights_desc();
+    plan->scratchpad_bytes = fwd.scratchpad_desc().get_size();
   } else if (op == Op::kBackwardData) {
     dnnl::convolution_backward_data::primitive_desc pd(
         rt.engine, dnnl::algorithm::convolution_direct, g.src(),
-        g.weights(Tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r(), fwd);
+        g.weights(Tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r(), fwd,
+        attr);
     plan->conv = dnnl::convolution_backward_data(pd);
     plan->weights_md = pd.weights_desc();
+    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(
         rt.engine, dnnl::algorithm::convolution_direct, g.src(),
-        g.weights(Tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r(), fwd);
+        g.weights(Tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r(), fwd,
+        attr);
     plan->conv = dnnl::convolution_backward_weights(pd);
     plan->weights_md = pd.diff_weights_desc();
+    plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
   }
+  const memory::desc hwio = g.weights(Tag::hwio);
   plan->reorder_weights = plan->weights_md != hwio;
   if (plan->reorder_weights) {
-    plan->weights_buffer.resize(plan->weights_md.get_size() / sizeof(float));
     plan->weights_reorder =
         op == Op::kBackwardWeights
             ? dnnl::reorder(dnnl::reorder::primitive_desc(
@@ -121,42 +144,150 @@ Plan& plan_for(Runtime& rt, const Geometry& g, Op op) {
   return *slot;
 }
 
-ffi::Error run(Op op, const Geometry& g, float* src, float* weights,
-               float* dst) {
+// Runs `chunk(i)` for i in [0, count) on the caller and on up to `helpers`
+// tasks of XLA's thread pool. A task that starts after every chunk is taken
+// returns at once, so the caller never waits for a task that has not begun:
+// no deadlock when the pool is busy or smaller than asked for.
+template <typename F>
+void run_chunks(ffi::ThreadPool& pool, int count, int helpers, F chunk) {
+  struct State {
+    std::atomic<int> next{0};
+    int count = 0;
+    int running = 0;  // chunks started and not finished, under `mutex`
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto state = std::make_shared<State>();
+  state->count = count;
+  auto work = [state, chunk]() {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (state->next.load() >= state->count) return;
+        ++state->running;
+      }
+      int i = state->next.fetch_add(1);
+      if (i < state->count) chunk(i);
+      std::lock_guard<std::mutex> lock(state->mutex);
+      if (--state->running == 0) state->finished.notify_all();
+    }
+  };
+  for (int t = 0; t < helpers; ++t) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->finished.wait(lock, [&] {
+    return state->running == 0 && state->next.load() >= state->count;
+  });
+}
+
+std::vector<char>& thread_scratch(size_t bytes) {
+  thread_local std::vector<char> scratch;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  return scratch;
+}
+
+void execute(const Plan& plan, std::unordered_map<int, memory> args,
+             size_t scratch_bytes) {
+  Runtime& rt = runtime();
+  use_one_thread();
+  dnnl::stream stream(rt.engine);
+  if (scratch_bytes > 0) {
+    auto& scratch = thread_scratch(scratch_bytes);
+    args.insert({DNNL_ARG_SCRATCHPAD,
+                 memory(memory::desc({static_cast<int64_t>(scratch_bytes)},
+                                     memory::data_type::u8, Tag::x),
+                        rt.engine, scratch.data())});
+  }
+  plan.conv.execute(stream, args);
+  stream.wait();
+}
+
+ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
+               float* weights, float* dst) {
   try {
     Runtime& rt = runtime();
-    std::lock_guard<std::mutex> lock(rt.mutex);
-    Plan& plan = plan_for(rt, g, op);
-    memory src_mem(g.src(), rt.engine, src);
-    memory dst_mem(g.dst(), rt.engine, dst);
-    memory hwio_mem(g.weights(Tag::hwio), rt.engine, weights);
-    memory weights_mem = hwio_mem;
-    if (plan.reorder_weights) {
-      weights_mem = memory(plan.weights_md, rt.engine,
-                           plan.weights_buffer.data());
-      if (op != Op::kBackwardWeights) {
-        plan.weights_reorder.execute(
-            rt.stream, {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem}});
+    const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+    // Two chunks per thread: a late helper leaves less for the caller alone.
+    const int64_t per_chunk = std::max<int64_t>(
+        1, (g.n + 2 * threads - 1) / (2 * threads));
+    const int count = static_cast<int>((g.n + per_chunk - 1) / per_chunk);
+    auto chunk_geometry = [&](int i) {
+      Geometry c = g;
+      c.n = std::min(per_chunk, g.n - i * per_chunk);
+      return c;
+    };
+    // Plans for both chunk sizes, built here (not on the pool's threads).
+    const Plan& full = plan_for(chunk_geometry(0), op);
+    const Plan& last = plan_for(chunk_geometry(count - 1), op);
+    const memory::desc hwio = g.weights(Tag::hwio);
+    memory hwio_mem(hwio, rt.engine, weights);
+
+    if (op != Op::kBackwardWeights) {
+      // One blocked copy of the kernel, shared read-only by every chunk.
+      std::vector<float> blocked;
+      memory weights_mem = hwio_mem;
+      if (full.reorder_weights) {
+        blocked.resize(full.weights_md.get_size() / sizeof(float));
+        weights_mem = memory(full.weights_md, rt.engine, blocked.data());
+        use_one_thread();
+        dnnl::stream stream(rt.engine);
+        full.weights_reorder.execute(
+            stream, {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem}});
+        stream.wait();
       }
+      const int src_arg = op == Op::kForward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC;
+      const int dst_arg = op == Op::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
+      run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
+        Geometry c = chunk_geometry(i);
+        const Plan& plan = i == count - 1 ? last : full;
+        memory w = plan.weights_md == weights_mem.get_desc()
+                       ? weights_mem
+                       : memory(plan.weights_md, rt.engine,
+                                weights_mem.get_data_handle());
+        execute(plan,
+                {{src_arg, memory(c.src(), rt.engine,
+                                  src + i * per_chunk * g.src_image())},
+                 {DNNL_ARG_WEIGHTS, w},
+                 {dst_arg, memory(c.dst(), rt.engine,
+                                  dst + i * per_chunk * g.dst_image())}},
+                plan.scratchpad_bytes);
+      });
+      return ffi::Error::Success();
     }
-    if (op == Op::kForward) {
-      plan.conv.execute(rt.stream, {{DNNL_ARG_SRC, src_mem},
-                                    {DNNL_ARG_WEIGHTS, weights_mem},
-                                    {DNNL_ARG_DST, dst_mem}});
-    } else if (op == Op::kBackwardData) {
-      plan.conv.execute(rt.stream, {{DNNL_ARG_DIFF_SRC, src_mem},
-                                    {DNNL_ARG_WEIGHTS, weights_mem},
-                                    {DNNL_ARG_DIFF_DST, dst_mem}});
+
+    // Weight gradient: one partial sum per chunk in the primitive's layout.
+    const size_t floats = full.weights_md.get_size() / sizeof(float);
+    std::vector<float> partials(floats * count);
+    run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
+      Geometry c = chunk_geometry(i);
+      const Plan& plan = i == count - 1 ? last : full;
+      execute(plan,
+              {{DNNL_ARG_SRC, memory(c.src(), rt.engine,
+                                     src + i * per_chunk * g.src_image())},
+               {DNNL_ARG_DIFF_WEIGHTS,
+                memory(plan.weights_md, rt.engine,
+                       partials.data() + i * floats)},
+               {DNNL_ARG_DIFF_DST, memory(c.dst(), rt.engine,
+                                          dst + i * per_chunk * g.dst_image())}},
+              plan.scratchpad_bytes);
+    });
+    for (int i = 1; i < count; ++i) {
+      const float* p = partials.data() + i * floats;
+      for (size_t j = 0; j < floats; ++j) partials[j] += p[j];
+    }
+    if (full.reorder_weights) {
+      use_one_thread();
+      dnnl::stream stream(rt.engine);
+      memory sum(full.weights_md, rt.engine, partials.data());
+      full.weights_reorder.execute(stream,
+                                   {{DNNL_ARG_FROM, sum}, {DNNL_ARG_TO, hwio_mem}});
+      stream.wait();
     } else {
-      plan.conv.execute(rt.stream, {{DNNL_ARG_SRC, src_mem},
-                                    {DNNL_ARG_DIFF_WEIGHTS, weights_mem},
-                                    {DNNL_ARG_DIFF_DST, dst_mem}});
-      if (plan.reorder_weights) {
-        plan.weights_reorder.execute(
-            rt.stream, {{DNNL_ARG_FROM, weights_mem}, {DNNL_ARG_TO, hwio_mem}});
-      }
+      std::copy(partials.begin(), partials.begin() + floats, weights);
     }
-    rt.stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal,
                       std::string("oneDNN convolution failed: ") + e.what());
@@ -173,66 +304,56 @@ Geometry geometry(ffi::Span<const int64_t> image,
                   out[3], kernel[0], kernel[1], sh, sw, pt, pb, pl, pr};
 }
 
-ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
-                       int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                       int64_t pl, int64_t pr) {
   auto g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw,
                     pt, pb, pl, pr);
-  return run(Op::kForward, g, x.typed_data(), w.typed_data(),
+  return run(pool, Op::kForward, g, x.typed_data(), w.typed_data(),
              y->typed_data());
 }
 
-ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+ffi::Error ConvBackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                            ffi::Buffer<ffi::F32> w,
                             ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
                             int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                             int64_t pr) {
   auto g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw,
                     pt, pb, pl, pr);
-  return run(Op::kBackwardData, g, dx->typed_data(), w.typed_data(),
+  return run(pool, Op::kBackwardData, g, dx->typed_data(), w.typed_data(),
              dy.typed_data());
 }
 
-ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x,
+ffi::Error ConvBackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> dy,
                                ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
                                int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                                int64_t pr) {
   auto g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
                     pt, pb, pl, pr);
-  return run(Op::kBackwardWeights, g, x.typed_data(), dw->typed_data(),
+  return run(pool, Op::kBackwardWeights, g, x.typed_data(), dw->typed_data(),
              dy.typed_data());
 }
 
-template <typename Binding>
-auto with_geometry_attrs(Binding binding) {
-  return std::move(binding)
-      .template Attr<int64_t>("stride_h")
-      .template Attr<int64_t>("stride_w")
-      .template Attr<int64_t>("pad_top")
-      .template Attr<int64_t>("pad_bottom")
-      .template Attr<int64_t>("pad_left")
-      .template Attr<int64_t>("pad_right");
+auto binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride_h")
+      .Attr<int64_t>("stride_w")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_bottom")
+      .Attr<int64_t>("pad_left")
+      .Attr<int64_t>("pad_right");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    cnn_onednn_conv_forward, ConvForward,
-    with_geometry_attrs(ffi::Ffi::Bind()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Ret<ffi::Buffer<ffi::F32>>()));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    cnn_onednn_conv_backward_data, ConvBackwardData,
-    with_geometry_attrs(ffi::Ffi::Bind()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Ret<ffi::Buffer<ffi::F32>>()));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    cnn_onednn_conv_backward_weights, ConvBackwardWeights,
-    with_geometry_attrs(ffi::Ffi::Bind()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Arg<ffi::Buffer<ffi::F32>>()
-                            .Ret<ffi::Buffer<ffi::F32>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_conv_forward, ConvForward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_conv_backward_data, ConvBackwardData,
+                              binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cnn_onednn_conv_backward_weights,
+                              ConvBackwardWeights, binding());
