@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import logging as std_logging
 import os
 import sys
 from typing import Any
@@ -35,6 +36,25 @@ from cnn.steps import TrainState
 # Orbax writes a step to `<step>.orbax-checkpoint-tmp` and renames it when
 # complete; a directory with this in its name is a save that never finished.
 _TMP_MARKER = '.orbax-checkpoint-tmp'
+
+
+class _QuietDamagedReads(std_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for orbax reads.
+
+  Restoring a damaged checkpoint fails in one of orbax's parallel array reads;
+  the sibling reads that fail too are never awaited, and asyncio prints each
+  with a traceback when it is garbage-collected (at a time that depends on
+  the thread schedule). `Checkpointer.restore_latest` already reports the
+  damage in one line, so these are noise.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('exception was never retrieved' in message and
+                'async_deserialize' in message)
+
+
+std_logging.getLogger('asyncio').addFilter(_QuietDamagedReads())
 
 # Odd constants (murmur3, golden ratio): multiplying by an odd number is a
 # bijection on uint32, so changing any one word changes the fingerprint.

@@ -259,12 +259,13 @@ class Conv(nn.Conv):
   Attributes:
     impl: 'xla' (`nn.Conv`), 'banded' (`banded_conv`), 'onednn'
       (`cnn.kernels.onednn.conv2d`: oneDNN through XLA's FFI) or 'auto'. On
-      the CPU backend 'auto' picks banded for small convolutions (kernel
-      contraction kh * kw * in <= 160 and `banded_conv_redundancy` <= 8, e.g.
-      both LeNet-5 convolutions), else oneDNN where the kernel library is
-      built, the computation is float32 and there is one device; xla
-      otherwise and on other backends (benchmarks/FINDINGS.md). Neither banded
-      nor oneDNN supports dilation or groups.
+      the CPU backend 'auto' picks oneDNN where the kernel library is built,
+      the computation is float32 and there is one device (LeNet-5 +40 %,
+      CIFAR ResNets 2.5x over XLA's kernels); otherwise banded for small
+      convolutions (kernel contraction kh * kw * in <= 160 and
+      `banded_conv_redundancy` <= 8, e.g. both LeNet-5 convolutions), else
+      xla; xla on other backends (benchmarks/FINDINGS.md). Neither banded nor
+      oneDNN supports dilation or groups.
   """
 
   impl: str = 'auto'
@@ -294,6 +295,9 @@ class Conv(nn.Conv):
       return 'onednn'
     if not _on_cpu() or _REFERENCE_CONVOLUTIONS.get():
       return 'xla'
+    if (jnp.dtype(compute_dtype) == jnp.float32 and jax.device_count() == 1
+        and onednn.available()):
+      return 'onednn'
     kh, kw = self.kernel_size
     strides = _pair(self.strides)
     pads = _explicit_padding(self.padding, (kh, kw), strides, (1, in_width))
@@ -301,9 +305,6 @@ class Conv(nn.Conv):
     if (kh * kw * in_channels <= 160 and
         banded_conv_redundancy(padded_width, kw) <= 8):
       return 'banded'
-    if (jnp.dtype(compute_dtype) == jnp.float32 and jax.device_count() == 1
-        and onednn.available()):
-      return 'onednn'
     return 'xla'
 
   @nn.compact

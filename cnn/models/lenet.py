@@ -28,8 +28,9 @@ class LeNet5(nn.Module):
     batch_norm: batch norm after C1 and C3 (before the activation).
     pad_to: inputs smaller than this are zero-padded to it (32 in the paper).
     widths: (C1, C3, F5, F6) sizes.
-    conv_impl: `layers.Conv` implementation: 'auto' (a banded matmul on CPU,
-      `lax.conv` elsewhere), 'xla' or 'banded'.
+    conv_impl: `layers.Conv` implementation: 'auto' (on CPU oneDNN where
+      built, else a banded matmul; `lax.conv` elsewhere), 'xla', 'banded' or
+      'onednn'.
     dtype: compute dtype.
   """
 
@@ -54,8 +55,9 @@ class LeNet5(nn.Module):
                       (0, 0)))
 
     def conv_block(x, features, name):
-      # layers.Conv: an nn.Conv that runs as a banded matmul on CPU, 1.5x
-      # faster for these small-channel convolutions (benchmarks/FINDINGS.md).
+      # layers.Conv: an nn.Conv that runs on CPU through oneDNN (or as a
+      # banded matmul), 1.5-2x faster than XLA's kernels for these
+      # small-channel convolutions (benchmarks/FINDINGS.md).
       x = layers.Conv(features, (5, 5), padding='VALID', dtype=dtype,
                       use_bias=not self.batch_norm, impl=self.conv_impl,
                       name=f'{name}_conv')(x)
