@@ -7,7 +7,8 @@ For the convolutions of LeNet-5 (c1, c3) and of the CIFAR ResNets (3x3 at
 16/32/64 channels, and the stride-2 16 -> 32 one), batch 128: the forward
 pass, the weight gradient and the input gradient, each as its own jitted
 XLA program (`lax.conv_general_dilated` and its VJP; `banded` rows use
-`cnn.layers.banded_conv`) and as the PyTorch op (NCHW and channels_last;
+`cnn.layers.banded_conv`, `onednn` rows `cnn.kernels.onednn.conv2d`, our
+XLA FFI call into oneDNN) and as the PyTorch op (NCHW and channels_last;
 `aten.convolution_backward` for the gradients), interleaved. Reports the
 minimum over `--reps` single calls in milliseconds: on a shared machine the
 minimum is the best estimate of the uncontended time.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from cnn import layers
+from cnn.kernels import onednn
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 B = 128
@@ -37,13 +39,15 @@ CASES = {
 }
 
 
-def jax_fns(x_shape, k_shape, pad, stride, banded: bool):
+def jax_fns(x_shape, k_shape, pad, stride, impl: str):
   rng = np.random.default_rng(0)
   x = jax.numpy.asarray(rng.normal(size=(B, *x_shape)), np.float32)
   k = jax.numpy.asarray(rng.normal(size=k_shape), np.float32)
   pads = ((pad, pad), (pad, pad))
-  if banded:
+  if impl == 'banded':
     conv = lambda x, k: layers.banded_conv(x, k, (stride, stride), pads)
+  elif impl == 'onednn':
+    conv = lambda x, k: onednn.conv2d(x, k, (stride, stride), pads)
   else:
     conv = lambda x, k: jax.lax.conv_general_dilated(
         x, k, (stride, stride), pads, dimension_numbers=DN)
@@ -81,7 +85,11 @@ def main(argv=None) -> None:
   parser.add_argument('--threads', type=int, default=2)
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
-  impls = ('xla', 'banded', 'torch', 'torch_cl')
+  impls = ('xla', 'banded', 'onednn', 'torch', 'torch_cl')
+  if not onednn.available():
+    print('oneDNN kernel not built (python -m cnn.kernels.build): no onednn '
+          'column.')
+    impls = tuple(i for i in impls if i != 'onednn')
   fns = {}
   for name, (xs, ks, pad, stride) in CASES.items():
     for impl in impls:
@@ -90,7 +98,7 @@ def main(argv=None) -> None:
       if impl.startswith('torch'):
         group = torch_fns(xs, ks, pad, stride, impl == 'torch_cl')
       else:
-        group = jax_fns(xs, ks, pad, stride, impl == 'banded')
+        group = jax_fns(xs, ks, pad, stride, impl)
       for op, (fn, a) in group.items():
         if op == 'input grad' and 'c1' in name:
           continue  # the image needs no gradient.
@@ -106,8 +114,10 @@ def main(argv=None) -> None:
         times[key].append((time.perf_counter() - start) * 1e3)
   print(f'batch {B}, min of {args.reps} calls, ms; torch {args.threads} '
         'threads')
-  print('| convolution | op | ' + ' | '.join(impls) + ' | xla / torch_cl |')
-  print('|---|---|' + '---|' * (len(impls) + 1))
+  ours = 'onednn' if 'onednn' in impls else 'xla'
+  print('| convolution | op | ' + ' | '.join(impls) +
+        f' | xla / torch_cl | {ours} / torch_cl |')
+  print('|---|---|' + '---|' * (len(impls) + 2))
   for name in CASES:
     for op in ('forward', 'weight grad', 'input grad'):
       row = {impl: min(times[(name, op, impl)]) for impl in impls
@@ -116,7 +126,8 @@ def main(argv=None) -> None:
         continue
       cells = ' | '.join(f'{row[i]:.2f}' if i in row else '-' for i in impls)
       print(f'| {name} | {op} | {cells} | '
-            f'{row["xla"] / row["torch_cl"]:.1f} |')
+            f'{row["xla"] / row["torch_cl"]:.1f} | '
+            f'{row[ours] / row["torch_cl"]:.2f} |')
 
 
 if __name__ == '__main__':

@@ -66,8 +66,10 @@ from benchmarks import cpu_speedups, torch_models  # noqa: E402
 from cnn import optim, sharding, steps, train  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
-# Steps per round for each model (about one second of work per variant).
-DEFAULT_STEPS = {'lenet5': 40, 'resnet20': 3, 'plain20': 3}
+# Steps per round for each model (about one second of work per variant: in
+# shorter rounds the threads' wake-up after the pause weighs on the result).
+DEFAULT_STEPS = {'lenet5': 150, 'resnet20': 8, 'plain20': 8, 'resnet56': 3,
+                 'plain56': 3}
 NUM_DISTINCT_BATCHES = 4
 
 
