@@ -260,8 +260,9 @@ class Conv(nn.Conv):
     impl: 'xla' (`nn.Conv`), 'banded' (`banded_conv`), 'onednn'
       (`cnn.kernels.onednn.conv2d`: oneDNN through XLA's FFI) or 'auto'. On
       the CPU backend 'auto' picks oneDNN where the kernel library is built,
-      the computation is float32 and there is one device (LeNet-5 +40 %,
-      CIFAR ResNets 2.5x over XLA's kernels); otherwise banded for small
+      supports the compute dtype (float32; bfloat16 on CPUs with bf16
+      kernels) and there is one device (LeNet-5 +40 %, CIFAR ResNets 2.5x over
+      XLA's kernels); otherwise banded for small
       convolutions (kernel contraction kh * kw * in <= 160 and
       `banded_conv_redundancy` <= 8, e.g. both LeNet-5 convolutions), else
       xla; xla on other backends (benchmarks/FINDINGS.md). Neither banded nor
@@ -289,14 +290,14 @@ class Conv(nn.Conv):
         raise errors.UserError(
             "Conv impl 'onednn' needs the kernel library: run python -m "
             "cnn.kernels.build (scripts/setup.sh does), or use impl 'auto'.")
-      if jnp.dtype(compute_dtype) != jnp.float32:
-        raise errors.UserError("Conv impl 'onednn' computes in float32 only; "
-                               "use impl 'auto' for other dtypes.")
+      if not onednn.supports(compute_dtype):
+        raise errors.UserError(
+            f"Conv impl 'onednn' cannot compute in {jnp.dtype(compute_dtype)} "
+            "on this machine; use impl 'auto'.")
       return 'onednn'
     if not _on_cpu() or _REFERENCE_CONVOLUTIONS.get():
       return 'xla'
-    if (jnp.dtype(compute_dtype) == jnp.float32 and jax.device_count() == 1
-        and onednn.available()):
+    if jax.device_count() == 1 and onednn.supports(compute_dtype):
       return 'onednn'
     kh, kw = self.kernel_size
     strides = _pair(self.strides)

@@ -115,12 +115,14 @@ def test_conv_module_with_onednn_is_a_drop_in_for_nn_conv():
 
 
 @needs_kernel
-def test_auto_chooses_onednn_for_float32_resnet_convolutions_on_cpu():
+def test_auto_chooses_onednn_for_resnet_convolutions_on_cpu():
   if jax.default_backend() != 'cpu' or jax.device_count() != 1:
     pytest.skip('one CPU device')
   conv = layers.Conv(16, (3, 3), padding=1)
   assert conv.choose_impl(32, 16) == 'onednn'
-  assert conv.choose_impl(32, 16, jnp.bfloat16) == 'xla'
+  assert conv.choose_impl(32, 16, jnp.bfloat16) == (
+      'onednn' if onednn.supports(jnp.bfloat16) else 'xla')
+  assert conv.choose_impl(32, 16, jnp.float16) == 'xla'
   grouped = layers.Conv(16, (3, 3), padding=1, feature_group_count=16)
   assert grouped.choose_impl(32, 16) == 'xla'
   with layers.reference_convolutions():
@@ -128,10 +130,43 @@ def test_auto_chooses_onednn_for_float32_resnet_convolutions_on_cpu():
 
 
 @needs_kernel
-def test_onednn_impl_refuses_bfloat16_with_a_clear_message():
+def test_onednn_impl_refuses_an_unsupported_dtype_with_a_clear_message():
   conv = layers.Conv(16, (3, 3), padding=1, impl='onednn')
-  with pytest.raises(errors.UserError, match='float32 only'):
-    conv.choose_impl(32, 16, jnp.bfloat16)
+  with pytest.raises(errors.UserError, match='cannot compute in float16'):
+    conv.choose_impl(32, 16, jnp.float16)
+  with pytest.raises(TypeError, match='one dtype'):
+    onednn.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1), jnp.bfloat16),
+                  (1, 1), ((1, 1), (1, 1)))
+
+
+@pytest.mark.skipif(not onednn.supports(jnp.bfloat16),
+                    reason='no oneDNN bfloat16 kernels on this CPU')
+def test_bfloat16_conv2d_is_close_to_float32_and_keeps_its_dtype():
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(9, 16, 16, 16)), jnp.bfloat16)
+  k = jnp.asarray(rng.normal(size=(3, 3, 16, 32)) * 0.1, jnp.bfloat16)
+  pads = ((1, 1), (1, 1))
+
+  def ours(x, k):
+    return onednn.conv2d(x, k, (2, 2), pads)
+
+  def reference(x, k):  # the same bfloat16 inputs, computed in float32
+    return jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), k.astype(jnp.float32), (2, 2), pads,
+        dimension_numbers=DN)
+
+  got, want = jax.jit(ours)(x, k), reference(x, k)
+  assert got.dtype == jnp.bfloat16
+  scale = float(jnp.abs(want).max())
+  np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.01 * scale)
+  cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  grads = jax.vjp(ours, x, k)[1](cot.astype(jnp.bfloat16))
+  grads_want = jax.vjp(reference, x.astype(jnp.float32),
+                       k.astype(jnp.float32))[1](cot)
+  for g, w in zip(grads, grads_want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(jnp.float32), w,
+                               atol=0.01 * float(jnp.abs(w).max()))
 
 
 def test_unknown_conv_impl_is_refused():

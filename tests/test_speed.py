@@ -254,6 +254,7 @@ def test_conv_module_is_a_drop_in_for_nn_conv(impl):
 def test_conv_auto_picks_banded_only_for_small_convolutions(monkeypatch):
   # Without the oneDNN kernel (not built, or another platform).
   monkeypatch.setattr(onednn, 'available', lambda: False)
+  monkeypatch.setattr(onednn, 'supports', lambda dtype: False)
   assert layers.Conv(6, (5, 5), padding='VALID').choose_impl(32, 1) == 'banded'
   assert layers.Conv(16, (5, 5), padding='VALID').choose_impl(14, 6) == 'banded'
   # CIFAR ResNet 3x3 convolutions: the band would be 11x the work.

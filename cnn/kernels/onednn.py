@@ -8,9 +8,11 @@ step with no host round trip. Build the library once with
 `python -m cnn.kernels.build` (scripts/setup.sh does); `available()` says
 whether it is loaded.
 
-Scope: float32, NHWC inputs, HWIO kernels, strides and explicit padding; no
-dilation or groups (`cnn.layers.Conv` chooses XLA for those). The custom call
-has no sharding rule, so `cnn.layers.Conv` uses it only on a single device.
+Scope: float32 or bfloat16 (`supports(dtype)`: bfloat16 where this CPU's
+oneDNN has kernels for it), NHWC inputs, HWIO kernels, strides and explicit
+padding; no dilation or groups (`cnn.layers.Conv` chooses XLA for those). The
+custom call has no sharding rule, so `cnn.layers.Conv` uses it only on a
+single device.
 """
 
 from __future__ import annotations
@@ -57,11 +59,34 @@ def available() -> bool:
   return True
 
 
+@functools.cache
+def supports(dtype) -> bool:
+  """Whether `conv2d` runs in `dtype` here (float32 wherever `available()`).
+
+  bfloat16 is tried once on a tiny convolution: oneDNN has bfloat16 kernels
+  only for some CPUs (e.g. AVX-512 BF16, AMX).
+  """
+  dtype = jnp.dtype(dtype)
+  if not available() or dtype not in (jnp.float32, jnp.bfloat16):
+    return False
+  if dtype == jnp.float32:
+    return True
+  try:
+    x = jnp.ones((1, 3, 3, 1), dtype)
+    jax.block_until_ready(jax.jit(jax.grad(
+        lambda k: conv2d(x, k, (1, 1), ((1, 1), (1, 1))).astype(
+            jnp.float32).sum()))(jnp.ones((3, 3, 1, 1), dtype)))
+    return True
+  except Exception as e:  # noqa: BLE001 - any failure means "use XLA"
+    logging.info('oneDNN bfloat16 convolutions unavailable here: %s', e)
+    return False
+
+
 def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
           strides: tuple[int, int], padding: Padding) -> jax.Array:
   (pt, pb), (pl, pr) = padding
   call = jax.ffi.ffi_call(f'cnn_onednn_conv_{target}',
-                          jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))
+                          jax.ShapeDtypeStruct(tuple(out_shape), a.dtype))
   return call(a, b, stride_h=np.int64(strides[0]),
               stride_w=np.int64(strides[1]), pad_top=np.int64(pt),
               pad_bottom=np.int64(pb), pad_left=np.int64(pl),
@@ -79,14 +104,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   """Cross-correlation like `lax.conv_general_dilated` in NHWC/HWIO.
 
   Args:
-    x: [batch, height, width, in] float32.
-    kernel: [kh, kw, in, out] float32.
+    x: [batch, height, width, in], float32 or bfloat16.
+    kernel: [kh, kw, in, out], the same dtype.
     strides: (sh, sw).
     padding: ((top, bottom), (left, right)) zero padding, in pixels.
 
   Returns:
-    [batch, out_height, out_width, out] float32.
+    [batch, out_height, out_width, out] in the inputs' dtype (bfloat16
+    products are accumulated in float32 by oneDNN).
   """
+  if x.dtype != kernel.dtype or x.dtype not in (jnp.float32, jnp.bfloat16):
+    raise TypeError(f'conv2d needs float32 or bfloat16 operands of one dtype, '
+                    f'got {x.dtype} and {kernel.dtype}.')
   n, h, w, _ = x.shape
   kh, kw, _, o = kernel.shape
   shape = (n, output_size(h, kh, strides[0], padding[0]),

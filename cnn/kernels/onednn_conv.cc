@@ -13,8 +13,9 @@
 // summed over the chunks in a fixed order, so results do not depend on which
 // thread ran which chunk.
 //
-// Layouts: activations NHWC, kernels HWIO (Flax's), float32, no dilation, no
-// groups. Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left,
+// Layouts: activations NHWC, kernels HWIO (Flax's), float32 or bfloat16 (all
+// three operands alike; bfloat16 weight gradients are summed in float32), no
+// dilation, no groups. Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left,
 // pad_right (int64). Primitives are built once per shape and cached.
 
 #include <omp.h>
@@ -45,29 +46,34 @@ using Tag = memory::format_tag;
 enum class Op { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 struct Geometry {
+  memory::data_type dt;  // of every operand
   int64_t n, h, w, c;  // input
   int64_t oh, ow, o;   // output
   int64_t kh, kw;      // kernel
   int64_t sh, sw, pt, pb, pl, pr;
 
   auto key(Op op) const {
-    return std::make_tuple(static_cast<int>(op), n, h, w, c, oh, ow, o, kh, kw,
-                           sh, sw, pt, pb, pl, pr);
+    return std::make_tuple(static_cast<int>(op), static_cast<int>(dt), n, h,
+                           w, c, oh, ow, o, kh, kw, sh, sw, pt, pb, pl, pr);
   }
   memory::desc src() const {
-    return memory::desc({n, c, h, w}, memory::data_type::f32, Tag::nhwc);
+    return memory::desc({n, c, h, w}, dt, Tag::nhwc);
   }
   memory::desc dst() const {
-    return memory::desc({n, o, oh, ow}, memory::data_type::f32, Tag::nhwc);
+    return memory::desc({n, o, oh, ow}, dt, Tag::nhwc);
   }
-  memory::desc weights(Tag tag) const {
-    return memory::desc({o, c, kh, kw}, memory::data_type::f32, tag);
+  memory::desc weights(Tag tag) const { return weights(tag, dt); }
+  memory::desc weights(Tag tag, memory::data_type type) const {
+    return memory::desc({o, c, kh, kw}, type, tag);
+  }
+  int64_t element_bytes() const {
+    return dt == memory::data_type::bf16 ? 2 : 4;
   }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_l() const { return {pt, pl}; }
   memory::dims pad_r() const { return {pb, pr}; }
-  int64_t src_image() const { return h * w * c; }   // floats per image
-  int64_t dst_image() const { return oh * ow * o; }
+  int64_t src_image() const { return h * w * c * element_bytes(); }  // bytes
+  int64_t dst_image() const { return oh * ow * o * element_bytes(); }
 };
 
 // One cached convolution for one chunk size: the primitive, its scratchpad
@@ -122,10 +128,11 @@ const Plan& plan_for(const Geometry& g, Op op) {
     plan->weights_md = pd.weights_desc();
     plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
   } else {
+    // Partial sums over chunks in float32, whatever the operands' type.
     dnnl::convolution_backward_weights::primitive_desc pd(
         rt.engine, dnnl::algorithm::convolution_direct, g.src(),
-        g.weights(Tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r(), fwd,
-        attr);
+        g.weights(Tag::any, memory::data_type::f32), g.dst(), g.strides(),
+        g.pad_l(), g.pad_r(), fwd, attr);
     plan->conv = dnnl::convolution_backward_weights(pd);
     plan->weights_md = pd.diff_weights_desc();
     plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
@@ -205,8 +212,10 @@ void execute(const Plan& plan, std::unordered_map<int, memory> args,
   stream.wait();
 }
 
-ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
-               float* weights, float* dst) {
+ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
+               void* weights, void* dst_ptr) {
+  char* src = static_cast<char*>(src_ptr);
+  char* dst = static_cast<char*>(dst_ptr);
   try {
     Runtime& rt = runtime();
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
@@ -227,10 +236,10 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
 
     if (op != Op::kBackwardWeights) {
       // One blocked copy of the kernel, shared read-only by every chunk.
-      std::vector<float> blocked;
+      std::vector<char> blocked;
       memory weights_mem = hwio_mem;
       if (full.reorder_weights) {
-        blocked.resize(full.weights_md.get_size() / sizeof(float));
+        blocked.resize(full.weights_md.get_size());
         weights_mem = memory(full.weights_md, rt.engine, blocked.data());
         use_one_thread();
         dnnl::stream stream(rt.engine);
@@ -258,7 +267,8 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
       return ffi::Error::Success();
     }
 
-    // Weight gradient: one partial sum per chunk in the primitive's layout.
+    // Weight gradient: one float32 partial sum per chunk in the primitive's
+    // layout, added in chunk order, then converted to HWIO (and the type).
     const size_t floats = full.weights_md.get_size() / sizeof(float);
     std::vector<float> partials(floats * count);
     run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
@@ -286,7 +296,8 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
                                    {{DNNL_ARG_FROM, sum}, {DNNL_ARG_TO, hwio_mem}});
       stream.wait();
     } else {
-      std::copy(partials.begin(), partials.begin() + floats, weights);
+      std::copy(partials.begin(), partials.begin() + floats,
+                static_cast<float*>(weights));
     }
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal,
@@ -296,52 +307,71 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, float* src,
 }
 
 // image: [n, h, w, c]; kernel: [kh, kw, c, o]; out: [n, oh, ow, o].
-Geometry geometry(ffi::Span<const int64_t> image,
-                  ffi::Span<const int64_t> kernel,
-                  ffi::Span<const int64_t> out, int64_t sh, int64_t sw,
-                  int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Geometry{image[0], image[1], image[2], image[3], out[1], out[2],
-                  out[3], kernel[0], kernel[1], sh, sw, pt, pb, pl, pr};
+ffi::Error geometry(ffi::AnyBuffer image, ffi::AnyBuffer kernel,
+                    ffi::AnyBuffer out, int64_t sh, int64_t sw, int64_t pt,
+                    int64_t pb, int64_t pl, int64_t pr, Geometry* g) {
+  const ffi::DataType type = image.element_type();
+  if (kernel.element_type() != type || out.element_type() != type ||
+      (type != ffi::DataType::F32 && type != ffi::DataType::BF16)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "oneDNN convolution: operands must all be float32 or "
+                      "all bfloat16");
+  }
+  auto i = image.dimensions(), k = kernel.dimensions(), o = out.dimensions();
+  if (i.size() != 4 || k.size() != 4 || o.size() != 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "oneDNN convolution: operands must have rank 4");
+  }
+  *g = Geometry{type == ffi::DataType::BF16 ? memory::data_type::bf16
+                                            : memory::data_type::f32,
+                i[0], i[1], i[2], i[3], o[1], o[2], o[3], k[0], k[1],
+                sh, sw, pt, pb, pl, pr};
+  return ffi::Error::Success();
 }
 
-ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                       ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                       ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                        int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                        int64_t pl, int64_t pr) {
-  auto g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw,
-                    pt, pb, pl, pr);
-  return run(pool, Op::kForward, g, x.typed_data(), w.typed_data(),
-             y->typed_data());
+  Geometry g;
+  if (auto e = geometry(x, w, *y, sh, sw, pt, pb, pl, pr, &g); e.failure()) {
+    return e;
+  }
+  return run(pool, Op::kForward, g, x.untyped_data(), w.untyped_data(),
+             y->untyped_data());
 }
 
-ffi::Error ConvBackwardData(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                            ffi::Buffer<ffi::F32> w,
-                            ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
-                            int64_t sw, int64_t pt, int64_t pb, int64_t pl,
-                            int64_t pr) {
-  auto g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw,
-                    pt, pb, pl, pr);
-  return run(pool, Op::kBackwardData, g, dx->typed_data(), w.typed_data(),
-             dy.typed_data());
+ffi::Error ConvBackwardData(ffi::ThreadPool pool, ffi::AnyBuffer dy,
+                            ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                            int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                            int64_t pl, int64_t pr) {
+  Geometry g;
+  if (auto e = geometry(*dx, w, dy, sh, sw, pt, pb, pl, pr, &g); e.failure()) {
+    return e;
+  }
+  return run(pool, Op::kBackwardData, g, dx->untyped_data(), w.untyped_data(),
+             dy.untyped_data());
 }
 
-ffi::Error ConvBackwardWeights(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                               ffi::Buffer<ffi::F32> dy,
-                               ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+ffi::Error ConvBackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                               ffi::AnyBuffer dy,
+                               ffi::Result<ffi::AnyBuffer> dw, int64_t sh,
                                int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                                int64_t pr) {
-  auto g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw,
-                    pt, pb, pl, pr);
-  return run(pool, Op::kBackwardWeights, g, x.typed_data(), dw->typed_data(),
-             dy.typed_data());
+  Geometry g;
+  if (auto e = geometry(x, *dw, dy, sh, sw, pt, pb, pl, pr, &g); e.failure()) {
+    return e;
+  }
+  return run(pool, Op::kBackwardWeights, g, x.untyped_data(),
+             dw->untyped_data(), dy.untyped_data());
 }
 
 auto binding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Arg<ffi::Buffer<ffi::F32>>()
-      .Ret<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
       .Attr<int64_t>("stride_h")
       .Attr<int64_t>("stride_w")
       .Attr<int64_t>("pad_top")
