@@ -88,6 +88,21 @@ def test_conv2d_under_remat_and_second_call_reuses_the_plan():
 
 
 @needs_kernel
+def test_conv2d_under_vmap_matches_lax_conv():
+  rng = np.random.default_rng(6)
+  xs = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 4)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
+  pads = ((1, 1), (1, 1))
+  loss = lambda conv: lambda k, x: jnp.sum(conv(x, k) ** 2)
+  ours = lambda x, k: onednn.conv2d(x, k, (1, 1), pads)
+  ref = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), pads,
+                                                  dimension_numbers=DN)
+  got = jax.vmap(jax.grad(loss(ours)), (None, 0))(k, xs)
+  want = jax.vmap(jax.grad(loss(ref)), (None, 0))(k, xs)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernel
 def test_weight_gradient_is_deterministic():
   # Chunks run on whichever thread takes them; their partial sums are added
   # in chunk order, so repeated calls agree bit for bit.

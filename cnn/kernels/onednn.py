@@ -85,8 +85,11 @@ def supports(dtype) -> bool:
 def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
           strides: tuple[int, int], padding: Padding) -> jax.Array:
   (pt, pb), (pl, pr) = padding
+  # Under vmap (per-example gradients, say) one call per example: correct,
+  # not fast; the models themselves are never vmapped.
   call = jax.ffi.ffi_call(f'cnn_onednn_conv_{target}',
-                          jax.ShapeDtypeStruct(tuple(out_shape), a.dtype))
+                          jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
+                          vmap_method='sequential')
   return call(a, b, stride_h=np.int64(strides[0]),
               stride_w=np.int64(strides[1]), pad_top=np.int64(pt),
               pad_bottom=np.int64(pb), pad_left=np.int64(pl),

@@ -77,13 +77,15 @@ struct Geometry {
 };
 
 // One cached convolution for one chunk size: the primitive, its scratchpad
-// size, and the reorder between HWIO and the (blocked) weight layout it wants.
+// size, and the reorder between HWIO and the (blocked) weight layout it wants:
+// HWIO -> blocked for the kernel operand, blocked float32 -> HWIO float32 for
+// a weight gradient. Chunk sizes may differ, and so may their layouts.
 struct Plan {
   dnnl::primitive conv;
   memory::desc weights_md;
   size_t scratchpad_bytes = 0;
   bool reorder_weights = false;
-  dnnl::primitive weights_reorder;  // HWIO -> blocked, or back for gradients
+  dnnl::primitive weights_reorder;
 };
 
 struct Runtime {
@@ -137,7 +139,10 @@ const Plan& plan_for(const Geometry& g, Op op) {
     plan->weights_md = pd.diff_weights_desc();
     plan->scratchpad_bytes = pd.scratchpad_desc().get_size();
   }
-  const memory::desc hwio = g.weights(Tag::hwio);
+  const memory::desc hwio =
+      op == Op::kBackwardWeights
+          ? g.weights(Tag::hwio, memory::data_type::f32)
+          : g.weights(Tag::hwio);
   plan->reorder_weights = plan->weights_md != hwio;
   if (plan->reorder_weights) {
     plan->weights_reorder =
@@ -229,75 +234,87 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
       return c;
     };
     // Plans for both chunk sizes, built here (not on the pool's threads).
-    const Plan& full = plan_for(chunk_geometry(0), op);
-    const Plan& last = plan_for(chunk_geometry(count - 1), op);
-    const memory::desc hwio = g.weights(Tag::hwio);
-    memory hwio_mem(hwio, rt.engine, weights);
+    const Plan* plans[2] = {&plan_for(chunk_geometry(0), op),
+                            &plan_for(chunk_geometry(count - 1), op)};
+    auto plan_of = [&](int i) { return plans[i == count - 1 ? 1 : 0]; };
+    auto stream_run = [&](const dnnl::primitive& p,
+                          std::unordered_map<int, memory> args) {
+      use_one_thread();
+      dnnl::stream stream(rt.engine);
+      p.execute(stream, args);
+      stream.wait();
+    };
+    memory hwio_mem(g.weights(Tag::hwio), rt.engine, weights);
 
     if (op != Op::kBackwardWeights) {
-      // One blocked copy of the kernel, shared read-only by every chunk.
-      std::vector<char> blocked;
-      memory weights_mem = hwio_mem;
-      if (full.reorder_weights) {
-        blocked.resize(full.weights_md.get_size());
-        weights_mem = memory(full.weights_md, rt.engine, blocked.data());
-        use_one_thread();
-        dnnl::stream stream(rt.engine);
-        full.weights_reorder.execute(
-            stream, {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem}});
-        stream.wait();
+      // The kernel in each plan's layout, shared read-only by its chunks.
+      std::vector<char> blocked[2];
+      memory weights_mem[2] = {hwio_mem, hwio_mem};
+      for (int k = 0; k < 2; ++k) {
+        const Plan& plan = *plans[k];
+        if (k == 1 && plan.weights_md == plans[0]->weights_md) {
+          weights_mem[1] = weights_mem[0];
+        } else if (plan.reorder_weights) {
+          blocked[k].resize(plan.weights_md.get_size());
+          weights_mem[k] = memory(plan.weights_md, rt.engine,
+                                  blocked[k].data());
+          stream_run(plan.weights_reorder,
+                     {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem[k]}});
+        }
       }
       const int src_arg = op == Op::kForward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC;
       const int dst_arg = op == Op::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
       run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
         Geometry c = chunk_geometry(i);
-        const Plan& plan = i == count - 1 ? last : full;
-        memory w = plan.weights_md == weights_mem.get_desc()
-                       ? weights_mem
-                       : memory(plan.weights_md, rt.engine,
-                                weights_mem.get_data_handle());
-        execute(plan,
+        execute(*plan_of(i),
                 {{src_arg, memory(c.src(), rt.engine,
                                   src + i * per_chunk * g.src_image())},
-                 {DNNL_ARG_WEIGHTS, w},
+                 {DNNL_ARG_WEIGHTS, weights_mem[i == count - 1 ? 1 : 0]},
                  {dst_arg, memory(c.dst(), rt.engine,
                                   dst + i * per_chunk * g.dst_image())}},
-                plan.scratchpad_bytes);
+                plan_of(i)->scratchpad_bytes);
       });
       return ffi::Error::Success();
     }
 
-    // Weight gradient: one float32 partial sum per chunk in the primitive's
-    // layout, added in chunk order, then converted to HWIO (and the type).
-    const size_t floats = full.weights_md.get_size() / sizeof(float);
+    // Weight gradient: each chunk's float32 partial sum, converted to HWIO in
+    // its own slot, then the slots added in chunk order.
+    const memory::desc hwio_f32 = g.weights(Tag::hwio, memory::data_type::f32);
+    const size_t floats = hwio_f32.get_size() / sizeof(float);
     std::vector<float> partials(floats * count);
     run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
       Geometry c = chunk_geometry(i);
-      const Plan& plan = i == count - 1 ? last : full;
+      const Plan& plan = *plan_of(i);
+      memory slot(hwio_f32, rt.engine, partials.data() + i * floats);
+      std::vector<char> blocked;
+      memory diff_weights = slot;
+      if (plan.reorder_weights) {
+        blocked.resize(plan.weights_md.get_size());
+        diff_weights = memory(plan.weights_md, rt.engine, blocked.data());
+      }
       execute(plan,
               {{DNNL_ARG_SRC, memory(c.src(), rt.engine,
                                      src + i * per_chunk * g.src_image())},
-               {DNNL_ARG_DIFF_WEIGHTS,
-                memory(plan.weights_md, rt.engine,
-                       partials.data() + i * floats)},
+               {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
                {DNNL_ARG_DIFF_DST, memory(c.dst(), rt.engine,
                                           dst + i * per_chunk * g.dst_image())}},
               plan.scratchpad_bytes);
+      if (plan.reorder_weights) {
+        stream_run(plan.weights_reorder,
+                   {{DNNL_ARG_FROM, diff_weights}, {DNNL_ARG_TO, slot}});
+      }
     });
     for (int i = 1; i < count; ++i) {
       const float* p = partials.data() + i * floats;
       for (size_t j = 0; j < floats; ++j) partials[j] += p[j];
     }
-    if (full.reorder_weights) {
-      use_one_thread();
-      dnnl::stream stream(rt.engine);
-      memory sum(full.weights_md, rt.engine, partials.data());
-      full.weights_reorder.execute(stream,
-                                   {{DNNL_ARG_FROM, sum}, {DNNL_ARG_TO, hwio_mem}});
-      stream.wait();
-    } else {
+    if (g.dt == memory::data_type::f32) {
       std::copy(partials.begin(), partials.begin() + floats,
                 static_cast<float*>(weights));
+    } else {  // float32 -> the operands' type (bfloat16), rounding as oneDNN.
+      memory sum(hwio_f32, rt.engine, partials.data());
+      stream_run(dnnl::reorder(sum, hwio_mem),
+                 {{DNNL_ARG_FROM, sum}, {DNNL_ARG_TO, hwio_mem}});
     }
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal,
