@@ -20,8 +20,9 @@ default config, plus the crop):
 and the LeNet-5 training throughput (`jax`, the step as committed, and
 `jax_plain`, the naive network, of `benchmarks.train_throughput`), measured
 interleaved with the pipelines. The target is pipeline >= 3 x training
-throughput, so that the input never limits training. The host pipeline competes with training for the same two
-cores; its number here is measured alone.
+throughput, so that the input never limits training. The host pipeline
+competes with training for the same two cores; its number here is measured
+alone.
 """
 
 from __future__ import annotations

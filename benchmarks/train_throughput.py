@@ -7,9 +7,12 @@
 
 Variants, each timed for `--steps` steps per round, round-robin, so that all
 of them see the same machine load (this machine's 2 cores are shared: read
-the ratios, which are medians over rounds, not the absolute numbers). The
-PyTorch variants run in a worker process driven in lock-step with this one
-(--torch_in_process runs them here, which slows the JAX steps):
+the ratios, which are medians over rounds, not the absolute numbers). Each
+variant runs in its own worker process, driven in lock-step with this one:
+PyTorch's OpenMP runtime in a JAX process slows JAX, and two JAX programs of
+different sizes in one process fragment the heap that `cnn/host_memory.py`
+keeps, so one variant's steps would fault in memory the other freed
+(FINDINGS.md). `--in_process` runs everything here instead:
 
   jax        `cnn.steps.train_step` jitted exactly as `cnn/train.py` does
              (`donate_argnums=(0, 1)`, the batch passed as an argument),
@@ -241,18 +244,18 @@ def measure(runners: list[Runner], steps_per_round: int, rounds: int,
       r.cpu_per_wall.append(cpu / wall)
 
 
-class TorchProcess:
-  """PyTorch runners in a worker process, driven over pipes.
+class WorkerProcess:
+  """One variant's runners in a worker process, driven over pipes.
 
-  Keeps PyTorch's OpenMP/MKL runtime out of the JAX process: with it loaded
-  there, JAX steps measured 10-25% slower (FINDINGS.md). Rounds still
-  alternate with the JAX runners, so both see the same machine load.
+  Rounds still alternate between the processes, so every variant sees the
+  same machine load, but no variant shares a heap or a thread pool with
+  another (see the module docstring).
   """
 
   def __init__(self, threads: int):
     self.proc = subprocess.Popen(
         [sys.executable, '-m', 'benchmarks.train_throughput',
-         '--torch_worker', f'--threads={threads}'],
+         '--worker', f'--threads={threads}'],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -261,7 +264,7 @@ class TorchProcess:
     self.proc.stdin.flush()
     line = self.proc.stdout.readline()
     if not line:
-      raise RuntimeError('The PyTorch worker process died.')
+      raise RuntimeError('A benchmark worker process died.')
     return json.loads(line)
 
   def runner(self, name: str, model_name: str, optimizer: str, dtype: str,
@@ -282,17 +285,28 @@ class TorchProcess:
     self.proc.wait(timeout=60)
 
 
-def torch_worker() -> None:
-  """Serves TorchProcess requests (one JSON object per line) on stdin."""
+def local_runner(name: str, config: ml_collections.ConfigDict, shape,
+                 batch_size: int) -> Runner:
+  """The runner of variant `name` in this process."""
+  if name in ('jax', 'jax_plain'):
+    return jax_runner(name, config, shape, batch_size,
+                      naive=name == 'jax_plain')
+  if name in ('torch', 'torch_cl', 'torch_compile'):
+    return torch_runner(name, config, shape, batch_size,
+                        channels_last=name == 'torch_cl',
+                        compile_model=name == 'torch_compile')
+  raise SystemExit(f'Unknown variant {name!r}.')
+
+
+def worker() -> None:
+  """Serves WorkerProcess requests (one JSON object per line) on stdin."""
   runners = {}
   for line in sys.stdin:
     req = json.loads(line)
     if req['cmd'] == 'setup':
       config = make_config(req['model'], req['optimizer'], req['dtype'])
-      runners[req['key']] = torch_runner(
-          req['name'], config, tuple(req['shape']), req['batch_size'],
-          channels_last=req['name'] == 'torch_cl',
-          compile_model=req['name'] == 'torch_compile')
+      runners[req['key']] = local_runner(
+          req['name'], config, tuple(req['shape']), req['batch_size'])
       reply = {'setup_s': runners[req['key']].setup_s}
     else:
       wall, cpu = timed(runners[req['key']].run, req['n'])
@@ -338,14 +352,14 @@ def main(argv: list[str] | None = None) -> None:
                       help='torch.set_num_threads')
   parser.add_argument('--pause', type=float, default=0.3,
                       help='idle seconds before each timed run')
-  parser.add_argument('--torch_in_process', action='store_true',
-                      help='run PyTorch in this process (slows JAX here)')
-  parser.add_argument('--torch_worker', action='store_true',
-                      help=argparse.SUPPRESS)
+  parser.add_argument('--in_process', action='store_true',
+                      help='run every variant in this process (they then '
+                      'slow each other down)')
+  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
-  if args.torch_worker:
-    torch_worker()
+  if args.worker:
+    worker()
     return
   variants = args.variants.split(',')
   if args.torch_compile:
@@ -358,35 +372,26 @@ def main(argv: list[str] | None = None) -> None:
         f'{args.batch_size}, {args.dtype}, {args.optimizer}, '
         f'{args.rounds} rounds')
   summary = []
-  worker = None
-  if not args.torch_in_process and any(v.startswith('torch')
-                                       for v in variants):
-    worker = TorchProcess(args.threads)
   for name in args.models.split(','):
     shape = input_shape(name, args.resnet_input)
     config = make_config(name, args.optimizer, args.dtype)
-    runners = []
-    for v in variants:
-      if v in ('jax', 'jax_plain'):
-        runners.append(jax_runner(v, config, shape, args.batch_size,
-                                  naive=v == 'jax_plain'))
-      elif v in ('torch', 'torch_cl', 'torch_compile') and worker:
-        runners.append(worker.runner(v, name, args.optimizer, args.dtype,
-                                     shape, args.batch_size))
-      elif v in ('torch', 'torch_cl', 'torch_compile'):
-        runners.append(torch_runner(
-            v, config, shape, args.batch_size, channels_last=v == 'torch_cl',
-            compile_model=v == 'torch_compile'))
-      else:
-        raise SystemExit(f'Unknown variant {v!r}.')
+    # Fresh processes per model too: a heap shaped by the previous model's
+    # programs would make this one's first rounds fault.
+    workers = ({} if args.in_process else
+               {v: WorkerProcess(args.threads) for v in variants})
+    runners = [
+        workers[v].runner(v, name, args.optimizer, args.dtype, shape,
+                          args.batch_size) if workers
+        else local_runner(v, config, shape, args.batch_size)
+        for v in variants]
     steps_per_round = args.steps or DEFAULT_STEPS.get(name, 2)
     measure(runners, steps_per_round, args.rounds, args.batch_size,
             args.pause)
+    for w in workers.values():
+      w.close()
     med = report(name, shape, runners)
     summary.append((name, med))
     sys.stdout.flush()
-  if worker:
-    worker.close()
   load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
   print(f'\nJAX / best PyTorch (medians; load now {load}):')
   for name, med in summary:
