@@ -52,9 +52,9 @@ def _pool_padding(padding: str | Sequence[tuple[int, int]]):
   return padding.upper() if isinstance(padding, str) else tuple(padding)
 
 
-def conv_and_norm(dtype: Any, train: bool, kernel_init: Callable,
-                  impl: str = 'auto'
-                  ) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
+def conv_and_norm(
+    dtype: Any, train: bool, kernel_init: Callable, impl: str = 'auto'
+) -> tuple[Callable[..., nn.Conv], Callable[..., nn.BatchNorm]]:
   """The bias-free conv and batch-norm constructors of the BN families.
 
   Batch norm follows PyTorch's defaults (momentum 0.1 there = 0.9 here,
@@ -261,12 +261,12 @@ class Conv(nn.Conv):
       (`cnn.kernels.onednn.conv2d`: oneDNN through XLA's FFI) or 'auto'. On
       the CPU backend 'auto' picks oneDNN where the kernel library is built,
       supports the compute dtype (float32; bfloat16 on CPUs with bf16
-      kernels) and there is one device (LeNet-5 +40 %, CIFAR ResNets 2.5x over
-      XLA's kernels); otherwise banded for small
-      convolutions (kernel contraction kh * kw * in <= 160 and
-      `banded_conv_redundancy` <= 8, e.g. both LeNet-5 convolutions), else
-      xla; xla on other backends (benchmarks/FINDINGS.md). Neither banded nor
-      oneDNN supports dilation or groups.
+      kernels) and there is one device (LeNet-5 +40 %, CIFAR ResNets 2.5x
+      over XLA's kernels); otherwise banded for small convolutions (kernel
+      contraction kh * kw * in <= 160 and `banded_conv_redundancy` <= 8, e.g.
+      both LeNet-5 convolutions), else xla; xla on other backends
+      (benchmarks/FINDINGS.md). Neither banded nor oneDNN supports dilation or
+      groups.
   """
 
   impl: str = 'auto'
@@ -277,8 +277,10 @@ class Conv(nn.Conv):
     if self.impl not in IMPLS:
       raise errors.UserError(f'Conv impl must be one of {IMPLS}, got '
                              f'{self.impl!r}.')
-    plain = (self.feature_group_count == 1 and self.input_dilation in (1, None)
-             and self.kernel_dilation in (1, None) and len(self.kernel_size) == 2
+    plain = (self.feature_group_count == 1
+             and self.input_dilation in (1, None)
+             and self.kernel_dilation in (1, None)
+             and len(self.kernel_size) == 2
              and not (isinstance(self.padding, str) and
                       self.padding.upper() in ('CIRCULAR', 'CAUSAL')))
     if self.impl == 'xla' or not plain:

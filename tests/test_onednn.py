@@ -40,10 +40,10 @@ needs_kernel = pytest.mark.skipif(
     ((4, 32, 32, 16), (3, 3, 16, 16), (1, 1), ((1, 1), (1, 1))),  # CIFAR
     ((4, 32, 32, 16), (3, 3, 16, 32), (2, 2), ((1, 1), (1, 1))),  # downsample
     ((4, 16, 16, 16), (1, 1, 16, 32), (2, 2), ((0, 0), (0, 0))),  # option B
-    ((2, 35, 33, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),     # ImageNet stem
+    ((2, 35, 33, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),     # 7x7 stem
     ((3, 9, 11, 5), (3, 2, 5, 7), (2, 3), ((0, 1), (1, 0))),      # asymmetric
     ((1, 5, 5, 1), (5, 5, 1, 1), (1, 1), ((0, 0), (0, 0))),       # 1x1 output
-    ((7, 12, 12, 6), (3, 3, 6, 10), (2, 2), ((1, 1), (1, 1))),    # ragged chunks
+    ((7, 12, 12, 6), (3, 3, 6, 10), (2, 2), ((1, 1), (1, 1))),    # ragged
 ])
 def test_conv2d_matches_lax_conv_and_its_gradients(x_shape, k_shape, strides,
                                                    pads):
@@ -64,7 +64,7 @@ def test_conv2d_matches_lax_conv_and_its_gradients(x_shape, k_shape, strides,
   cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
   grads_want = jax.vjp(reference, x, k)[1](cot)
   grads_got = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c))(x, k, cot)
-  for g, w in zip(grads_got, grads_want):
+  for g, w in zip(grads_got, grads_want, strict=True):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
 
 
@@ -178,7 +178,7 @@ def test_bfloat16_conv2d_is_close_to_float32_and_keeps_its_dtype():
   grads = jax.vjp(ours, x, k)[1](cot.astype(jnp.bfloat16))
   grads_want = jax.vjp(reference, x.astype(jnp.float32),
                        k.astype(jnp.float32))[1](cot)
-  for g, w in zip(grads, grads_want):
+  for g, w in zip(grads, grads_want, strict=True):
     assert g.dtype == jnp.bfloat16
     np.testing.assert_allclose(g.astype(jnp.float32), w,
                                atol=0.01 * float(jnp.abs(w).max()))

@@ -25,8 +25,9 @@ def onednn_prefix() -> pathlib.Path | None:
   candidates = [os.environ.get('DNNL_ROOT'), sys.prefix, '/usr']
   for prefix in filter(None, candidates):
     p = pathlib.Path(prefix)
+    libdirs = (p / 'lib', p / 'lib' / 'x86_64-linux-gnu')
     if (p / 'include' / 'dnnl.hpp').exists() and any(
-        (p / lib).glob('libdnnl.so*') for lib in ('lib', 'lib/x86_64-linux-gnu')):
+        any(d.glob('libdnnl.so*')) for d in libdirs):
       return p
   return None
 
@@ -35,8 +36,9 @@ def compile_command(prefix: pathlib.Path, out: pathlib.Path) -> list[str]:
   libdirs = [str(prefix / d) for d in ('lib', 'lib/x86_64-linux-gnu')
              if (prefix / d).is_dir()]
   return [os.environ.get('CXX', 'g++'), '-O2', '-std=c++17', '-shared',
-          '-fPIC', '-fopenmp', '-w', f'-I{jax.ffi.include_dir()}', f'-I{prefix / "include"}',
-          str(onednn.SOURCE), *[f'-L{d}' for d in libdirs], '-ldnnl',
+          '-fPIC', '-fopenmp', '-w', f'-I{jax.ffi.include_dir()}',
+          f'-I{prefix / "include"}', str(onednn.SOURCE),
+          *[f'-L{d}' for d in libdirs], '-ldnnl',
           *[f'-Wl,-rpath,{d}' for d in libdirs], '-o', str(out)]
 
 
