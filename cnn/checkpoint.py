@@ -50,8 +50,12 @@ class _QuietDamagedReads(std_logging.Filter):
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not ('exception was never retrieved' in message and
-                'async_deserialize' in message)
+    if 'exception was never retrieved' not in message:
+      return True
+    # The task is orbax's read coroutine or asyncio's wrapper around it; the
+    # exception is tensorstore's (DATA_LOSS, a zarr/OCDBT read error).
+    return not any(mark in message for mark in (
+        'async_deserialize', 'DATA_LOSS', 'OCDBT', '.zarray'))
 
 
 std_logging.getLogger('asyncio').addFilter(_QuietDamagedReads())
