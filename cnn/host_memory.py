@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -44,18 +44,15 @@ _applied = False
 def computes_on_cpu() -> bool:
   """Whether JAX will (most likely) run the steps on the CPU backend.
 
-  Decided without initialising JAX: no accelerator plugin installed, or
-  `JAX_PLATFORMS` starting with 'cpu'.
+  Decided without initialising JAX: `JAX_PLATFORMS` starting with 'cpu', or
+  no accelerator plugin importable (GPU plugins live in the `jax_plugins`
+  namespace package, TPUs need `libtpu`).
   """
   platforms = os.environ.get('JAX_PLATFORMS', '').strip().lower()
   if platforms:
     return platforms.split(',')[0] == 'cpu'
-  plugins = ('jax-cuda', 'jax_cuda', 'jax-rocm', 'jax_rocm', 'libtpu')
-  for dist in importlib.metadata.distributions():
-    name = (dist.metadata['Name'] or '').lower()
-    if name.startswith(plugins):
-      return False
-  return True
+  return not any(importlib.util.find_spec(name) is not None
+                 for name in ('jax_plugins', 'libtpu'))
 
 
 def keep_freed_memory() -> bool:

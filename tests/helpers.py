@@ -1,4 +1,4 @@
-"""Tiny configs and subprocess helpers shared by the tests."""
+"""Tiny configs, subprocess helpers and a convolution check for the tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from configs import default
 
@@ -55,3 +58,24 @@ def file_digests(directory) -> dict[str, str]:
         digests[os.path.relpath(path, directory)] = hashlib.sha256(
             f.read()).hexdigest()
   return digests
+
+
+def assert_conv_matches_lax(conv, x_shape, k_shape, strides, pads) -> None:
+  """`conv(x, kernel)` (NHWC, HWIO, float32) equals `lax.conv_general_dilated`
+  with `strides` and explicit `pads`: values and both gradients, jitted."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
+
+  def reference(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  want, got = reference(x, k), jax.jit(conv)(x, k)
+  assert got.shape == want.shape and got.dtype == want.dtype
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  grads_want = jax.vjp(reference, x, k)[1](cot)
+  grads_got = jax.jit(lambda x, k, c: jax.vjp(conv, x, k)[1](c))(x, k, cot)
+  for g, w in zip(grads_got, grads_want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)

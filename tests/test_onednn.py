@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import cnn
 from cnn import errors, host_memory, layers
 from cnn.kernels import onednn
+from tests.helpers import assert_conv_matches_lax
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 LINUX_X86 = sys.platform.startswith('linux') and platform.machine() == 'x86_64'
@@ -47,25 +47,8 @@ needs_kernel = pytest.mark.skipif(
 ])
 def test_conv2d_matches_lax_conv_and_its_gradients(x_shape, k_shape, strides,
                                                    pads):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
-  k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
-
-  def reference(x, k):
-    return jax.lax.conv_general_dilated(x, k, strides, pads,
-                                        dimension_numbers=DN)
-
-  def ours(x, k):
-    return onednn.conv2d(x, k, strides, pads)
-
-  want, got = reference(x, k), jax.jit(ours)(x, k)
-  assert got.shape == want.shape and got.dtype == jnp.float32
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
-  grads_want = jax.vjp(reference, x, k)[1](cot)
-  grads_got = jax.jit(lambda x, k, c: jax.vjp(ours, x, k)[1](c))(x, k, cot)
-  for g, w in zip(grads_got, grads_want, strict=True):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
+  assert_conv_matches_lax(lambda x, k: onednn.conv2d(x, k, strides, pads),
+                          x_shape, k_shape, strides, pads)
 
 
 @needs_kernel
@@ -114,19 +97,6 @@ def test_weight_gradient_is_deterministic():
   first = np.asarray(grad(k))
   for _ in range(5):
     np.testing.assert_array_equal(np.asarray(grad(k)), first)
-
-
-@needs_kernel
-def test_conv_module_with_onednn_is_a_drop_in_for_nn_conv():
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 16, 16, 8)),
-                  jnp.float32)
-  ours = layers.Conv(16, (3, 3), strides=2, padding='SAME', impl='onednn')
-  theirs = nn.Conv(16, (3, 3), strides=2, padding='SAME')
-  variables = theirs.init(jax.random.PRNGKey(0), x)
-  assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
-          jax.tree.map(jnp.shape, variables))
-  np.testing.assert_allclose(ours.apply(variables, x),
-                             theirs.apply(variables, x), rtol=1e-5, atol=1e-4)
 
 
 @needs_kernel

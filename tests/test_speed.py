@@ -21,7 +21,7 @@ import pytest
 from benchmarks import cpu_speedups
 from cnn import layers, optim, sharding, steps, train
 from cnn.kernels import onednn
-from tests.helpers import tiny_config
+from tests.helpers import assert_conv_matches_lax, tiny_config
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -203,26 +203,10 @@ def test_cpu_forms_give_the_plain_gradients(model):
 ])
 def test_banded_conv_matches_lax_conv_and_its_gradients(x_shape, k_shape,
                                                         strides, padding):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
-  k = jnp.asarray(rng.normal(size=k_shape), jnp.float32)
   pads = layers._explicit_padding(padding, k_shape[:2], strides, x_shape[1:3])
-
-  def reference(x, k):
-    return jax.lax.conv_general_dilated(x, k, strides, pads,
-                                        dimension_numbers=DN)
-
-  def banded(x, k):
-    return layers.banded_conv(x, k, strides, padding)
-
-  want, got = reference(x, k), banded(x, k)
-  assert got.shape == want.shape
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  cot = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
-  grads_want = jax.vjp(reference, x, k)[1](cot)
-  grads_got = jax.vjp(banded, x, k)[1](cot)
-  for g, w in zip(grads_got, grads_want):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-3)
+  assert_conv_matches_lax(
+      lambda x, k: layers.banded_conv(x, k, strides, padding), x_shape,
+      k_shape, strides, pads)
 
 
 def test_banded_conv_in_bfloat16_is_close():
@@ -238,12 +222,18 @@ def test_banded_conv_in_bfloat16_is_close():
                              atol=0.1)
 
 
-@pytest.mark.parametrize('impl', ['xla', 'banded'])
-def test_conv_module_is_a_drop_in_for_nn_conv(impl):
+@pytest.mark.parametrize('impl, strides, padding', [
+    ('xla', 1, 'VALID'), ('banded', 1, 'VALID'),
+    pytest.param('onednn', 1, 'VALID', marks=pytest.mark.skipif(
+        not onednn.available(), reason='oneDNN kernel not built')),
+    pytest.param('onednn', 2, 'SAME', marks=pytest.mark.skipif(
+        not onednn.available(), reason='oneDNN kernel not built')),
+])
+def test_conv_module_is_a_drop_in_for_nn_conv(impl, strides, padding):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 14, 14, 6)),
                   jnp.float32)
-  ours = layers.Conv(16, (5, 5), padding='VALID', impl=impl)
-  theirs = nn.Conv(16, (5, 5), padding='VALID')
+  ours = layers.Conv(16, (5, 5), strides, padding=padding, impl=impl)
+  theirs = nn.Conv(16, (5, 5), strides, padding=padding)
   variables = theirs.init(jax.random.PRNGKey(0), x)
   assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
           jax.tree.map(jnp.shape, variables))

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn import fundamentals
+
 SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 LIBRARY = pathlib.Path(__file__).with_name('libcnn_onednn.so')
 _TARGETS = ('forward', 'backward_data', 'backward_weights')
@@ -96,11 +98,6 @@ def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
               pad_right=np.int64(pr))
 
 
-def output_size(size: int, kernel: int, stride: int, pads: tuple[int, int]
-                ) -> int:
-  return (size + pads[0] + pads[1] - kernel) // stride + 1
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            padding: Padding) -> jax.Array:
@@ -121,8 +118,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                     f'got {x.dtype} and {kernel.dtype}.')
   n, h, w, _ = x.shape
   kh, kw, _, o = kernel.shape
-  shape = (n, output_size(h, kh, strides[0], padding[0]),
-           output_size(w, kw, strides[1], padding[1]), o)
+  shape = (n, fundamentals.conv_output_size(h, kh, strides[0], padding[0]),
+           fundamentals.conv_output_size(w, kw, strides[1], padding[1]), o)
   return _call('forward', shape, x, kernel, strides, padding)
 
 

@@ -86,6 +86,7 @@ struct Plan {
   size_t scratchpad_bytes = 0;
   bool reorder_weights = false;
   dnnl::primitive weights_reorder;
+  dnnl::primitive sum_to_operand_type;  // bf16 weight gradients: HWIO f32->bf16
 };
 
 struct Runtime {
@@ -152,6 +153,10 @@ const Plan& plan_for(const Geometry& g, Op op) {
             : dnnl::reorder(dnnl::reorder::primitive_desc(
                   rt.engine, hwio, rt.engine, plan->weights_md));
   }
+  if (op == Op::kBackwardWeights && g.dt != memory::data_type::f32) {
+    plan->sum_to_operand_type = dnnl::reorder(dnnl::reorder::primitive_desc(
+        rt.engine, hwio, rt.engine, g.weights(Tag::hwio)));
+  }
   slot = std::move(plan);
   return *slot;
 }
@@ -201,8 +206,10 @@ std::vector<char>& thread_scratch(size_t bytes) {
   return scratch;
 }
 
-void execute(const Plan& plan, std::unordered_map<int, memory> args,
-             size_t scratch_bytes) {
+// Runs `primitive` single-threaded in this thread, with `scratch_bytes` of
+// this thread's scratchpad.
+void execute(const dnnl::primitive& primitive,
+             std::unordered_map<int, memory> args, size_t scratch_bytes = 0) {
   Runtime& rt = runtime();
   use_one_thread();
   dnnl::stream stream(rt.engine);
@@ -213,7 +220,7 @@ void execute(const Plan& plan, std::unordered_map<int, memory> args,
                                      memory::data_type::u8, Tag::x),
                         rt.engine, scratch.data())});
   }
-  plan.conv.execute(stream, args);
+  primitive.execute(stream, args);
   stream.wait();
 }
 
@@ -236,13 +243,15 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
     // Plans for both chunk sizes, built here (not on the pool's threads).
     const Plan* plans[2] = {&plan_for(chunk_geometry(0), op),
                             &plan_for(chunk_geometry(count - 1), op)};
-    auto plan_of = [&](int i) { return plans[i == count - 1 ? 1 : 0]; };
-    auto stream_run = [&](const dnnl::primitive& p,
-                          std::unordered_map<int, memory> args) {
-      use_one_thread();
-      dnnl::stream stream(rt.engine);
-      p.execute(stream, args);
-      stream.wait();
+    auto which = [&](int i) { return i == count - 1 ? 1 : 0; };
+    // Chunk i's images of the input side and of the output side.
+    auto src_of = [&](int i) {
+      return memory(chunk_geometry(i).src(), rt.engine,
+                    src + i * per_chunk * g.src_image());
+    };
+    auto dst_of = [&](int i) {
+      return memory(chunk_geometry(i).dst(), rt.engine,
+                    dst + i * per_chunk * g.dst_image());
     };
     memory hwio_mem(g.weights(Tag::hwio), rt.engine, weights);
 
@@ -258,21 +267,19 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
           blocked[k].resize(plan.weights_md.get_size());
           weights_mem[k] = memory(plan.weights_md, rt.engine,
                                   blocked[k].data());
-          stream_run(plan.weights_reorder,
-                     {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem[k]}});
+          execute(plan.weights_reorder,
+                  {{DNNL_ARG_FROM, hwio_mem}, {DNNL_ARG_TO, weights_mem[k]}});
         }
       }
       const int src_arg = op == Op::kForward ? DNNL_ARG_SRC : DNNL_ARG_DIFF_SRC;
       const int dst_arg = op == Op::kForward ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
       run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
-        Geometry c = chunk_geometry(i);
-        execute(*plan_of(i),
-                {{src_arg, memory(c.src(), rt.engine,
-                                  src + i * per_chunk * g.src_image())},
-                 {DNNL_ARG_WEIGHTS, weights_mem[i == count - 1 ? 1 : 0]},
-                 {dst_arg, memory(c.dst(), rt.engine,
-                                  dst + i * per_chunk * g.dst_image())}},
-                plan_of(i)->scratchpad_bytes);
+        const Plan& plan = *plans[which(i)];
+        execute(plan.conv,
+                {{src_arg, src_of(i)},
+                 {DNNL_ARG_WEIGHTS, weights_mem[which(i)]},
+                 {dst_arg, dst_of(i)}},
+                plan.scratchpad_bytes);
       });
       return ffi::Error::Success();
     }
@@ -283,8 +290,7 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
     const size_t floats = hwio_f32.get_size() / sizeof(float);
     std::vector<float> partials(floats * count);
     run_chunks(pool, count, static_cast<int>(threads) - 1, [&](int i) {
-      Geometry c = chunk_geometry(i);
-      const Plan& plan = *plan_of(i);
+      const Plan& plan = *plans[which(i)];
       memory slot(hwio_f32, rt.engine, partials.data() + i * floats);
       std::vector<char> blocked;
       memory diff_weights = slot;
@@ -292,16 +298,14 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
         blocked.resize(plan.weights_md.get_size());
         diff_weights = memory(plan.weights_md, rt.engine, blocked.data());
       }
-      execute(plan,
-              {{DNNL_ARG_SRC, memory(c.src(), rt.engine,
-                                     src + i * per_chunk * g.src_image())},
+      execute(plan.conv,
+              {{DNNL_ARG_SRC, src_of(i)},
                {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-               {DNNL_ARG_DIFF_DST, memory(c.dst(), rt.engine,
-                                          dst + i * per_chunk * g.dst_image())}},
+               {DNNL_ARG_DIFF_DST, dst_of(i)}},
               plan.scratchpad_bytes);
       if (plan.reorder_weights) {
-        stream_run(plan.weights_reorder,
-                   {{DNNL_ARG_FROM, diff_weights}, {DNNL_ARG_TO, slot}});
+        execute(plan.weights_reorder,
+                {{DNNL_ARG_FROM, diff_weights}, {DNNL_ARG_TO, slot}});
       }
     });
     for (int i = 1; i < count; ++i) {
@@ -312,9 +316,9 @@ ffi::Error run(ffi::ThreadPool& pool, Op op, const Geometry& g, void* src_ptr,
       std::copy(partials.begin(), partials.begin() + floats,
                 static_cast<float*>(weights));
     } else {  // float32 -> the operands' type (bfloat16), rounding as oneDNN.
-      memory sum(hwio_f32, rt.engine, partials.data());
-      stream_run(dnnl::reorder(sum, hwio_mem),
-                 {{DNNL_ARG_FROM, sum}, {DNNL_ARG_TO, hwio_mem}});
+      execute(plans[0]->sum_to_operand_type,
+              {{DNNL_ARG_FROM, memory(hwio_f32, rt.engine, partials.data())},
+               {DNNL_ARG_TO, hwio_mem}});
     }
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal,
