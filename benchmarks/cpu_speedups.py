@@ -1,14 +1,16 @@
 """The naive network, for before/after ablations of the adopted CPU forms.
 
 The CPU speed changes measured in `benchmarks/FINDINGS.md` are now part of the
-models: LeNet-5's convolutions are `cnn.layers.Conv(impl='auto')` (banded
-matmuls on CPU) and the CIFAR ResNets pass every convolution input through
-`cnn.layers.materialize`. A train step as committed therefore already has
+models: convolutions are `cnn.layers.Conv(impl='auto')` (oneDNN, or banded
+matmuls, on CPU), the CIFAR ResNets pass every convolution input through
+`cnn.layers.materialize`, and batch norm is `cnn.layers.BatchNorm` (one
+multiply-add per element). A train step as committed therefore already has
 them (variant `jax` of the benchmarks).
 
 `plain(fn)` traces `fn` inside `cnn.layers.reference_convolutions()`, where
-`Conv(impl='auto')` is `lax.conv` and `materialize` the identity: the network
-as it was before the changes (variant `jax_plain`). The context only acts at
+`Conv(impl='auto')` is `lax.conv`, `materialize` the identity and
+`BatchNorm` flax's: the network as it was before the changes (variant
+`jax_plain`). The context only acts at
 trace time, so wrap the function before `jax.jit`:
 
     jax.jit(plain(step_fn))   # the naive network

@@ -93,6 +93,9 @@ def main(argv=None) -> None:
   parser.add_argument('--dtype', default='float32')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--top', type=int, default=20)
+  parser.add_argument('--kind', default='',
+                      help='list only operations of this kind (e.g. '
+                      '"transpose/copy", "reduce")')
   parser.add_argument('--hlo_out', default='',
                       help='also write the compiled HLO text here')
   args = parser.parse_args(argv)
@@ -132,9 +135,11 @@ def main(argv=None) -> None:
         f'operations, load {os.getloadavg()[0]:.1f}')
   print('by kind (ms/step): ' + ', '.join(
       f'{k} {per_step(v):.2f}' for k, v in by_kind.most_common()))
-  for name, ns in total.most_common(args.top):
+  listed = [(name, ns, op_kind(name, ops, bodies, args.batch_size))
+            for name, ns in total.most_common()]
+  listed = [row for row in listed if args.kind in ('', row[2])]
+  for name, ns, kind in listed[:args.top]:
     _, _, shape_, meta = ops.get(name, ('', '', '', ''))
-    kind = op_kind(name, ops, bodies, args.batch_size)
     print(f'  {per_step(ns):7.3f} ms  {kind:17s} {name:28s} {shape_:30s} '
           f'{meta[-60:]}')
 

@@ -5,8 +5,8 @@
     python -m benchmarks.train_throughput --models=resnet20,plain20 \
         --resnet_input=28x28x1 --optimizer=sgd --torch_compile
 
-Variants, each timed for `--steps` steps per round, round-robin, so that all
-of them see the same machine load (this machine's 2 cores are shared: read
+Variants, each warmed up for one round and then timed for `--steps` steps
+per round, round-robin, so that all of them see the same machine load (this machine's 2 cores are shared: read
 the ratios, which are medians over rounds, not the absolute numbers). Each
 variant runs in its own worker process, driven in lock-step with this one:
 PyTorch's OpenMP runtime in a JAX process slows JAX, and two JAX programs of
@@ -17,9 +17,10 @@ keeps, so one variant's steps would fault in memory the other freed
   jax        `cnn.steps.train_step` jitted exactly as `cnn/train.py` does
              (`donate_argnums=(0, 1)`, the batch passed as an argument),
              with the optimizer and schedule of `configs/default.py`; the
-             models as committed, i.e. with the CPU forms of
-             `benchmarks/FINDINGS.md` (banded LeNet-5 convolutions,
-             materialised ResNet convolution inputs).
+             models as committed, i.e. with the forms of
+             `benchmarks/FINDINGS.md` (oneDNN or banded convolutions,
+             materialised ResNet convolution inputs, batch norm as one
+             multiply-add).
   jax_plain  the same step traced inside `cnn.layers.reference_convolutions()`
              (`benchmarks.cpu_speedups.plain`): the naive network, lax.conv
              everywhere and no materialisation (the "before" of the ablation).
@@ -49,6 +50,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -77,18 +79,27 @@ NUM_DISTINCT_BATCHES = 4
 
 
 @dataclasses.dataclass
+class Timing:
+  """One timed call: wall and process CPU seconds, minor page faults."""
+  wall: float
+  cpu: float
+  faults: int
+
+
+@dataclasses.dataclass
 class Runner:
   """One variant: `run(n)` does n training steps and waits for them.
 
-  `run` may return its own (wall seconds, CPU seconds) measurement (a runner
-  in another process does); otherwise the caller times it.
+  `run` may return its own `Timing` (a runner in another process does);
+  otherwise the caller times it.
   """
 
   name: str
-  run: Callable[[int], tuple[float, float] | None]
+  run: Callable[[int], Timing | None]
   setup_s: float  # compile (JAX, torch.compile) or set-up time.
   images_per_s: list[float] = dataclasses.field(default_factory=list)
   cpu_per_wall: list[float] = dataclasses.field(default_factory=list)
+  faults_per_step: list[float] = dataclasses.field(default_factory=list)
   compiled_text: Callable[[], str] | None = None  # JAX: the optimised HLO.
 
 
@@ -219,29 +230,39 @@ def torch_runner(name: str, config: ml_collections.ConfigDict,
   return Runner(name, run, time.perf_counter() - start)
 
 
-def timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
-  """(wall, process CPU) seconds of run(n)."""
+def timed(run: Callable[[int], Timing | None], n: int) -> Timing:
+  """Wall and CPU seconds and page faults (this process) of run(n).
+
+  A runner in a worker process times itself there and returns its Timing.
+  """
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   cpu0, t0 = time.process_time(), time.perf_counter()
-  run(n)
-  return time.perf_counter() - t0, time.process_time() - cpu0
+  own = run(n)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+  return own or Timing(wall, cpu, faults)
 
 
 def measure(runners: list[Runner], steps_per_round: int, rounds: int,
             batch_size: int, pause_s: float = 0.0) -> None:
-  """Round-robin timing; fills `images_per_s` and `cpu_per_wall`.
+  """Round-robin timing; fills `images_per_s`, `cpu_per_wall` and
+  `faults_per_step`.
 
+  A first, untimed round warms every variant up: a JAX step's heap reaches
+  its size only over the first few steps after compilation (ResNet-56: 1.2 to
+  2.8 GB in 6 steps, faulting 200,000 fresh pages per step meanwhile).
   `pause_s` of idle time before each timed run lets the previous runner's
   worker threads (Eigen's and OpenMP's spin before sleeping) go quiet.
   """
+  for r in runners:
+    r.run(steps_per_round)
   for _ in range(rounds):
     for r in runners:
       time.sleep(pause_s)
-      cpu0, t0 = time.process_time(), time.perf_counter()
-      own = r.run(steps_per_round)
-      wall, cpu = own or (time.perf_counter() - t0,
-                          time.process_time() - cpu0)
-      r.images_per_s.append(steps_per_round * batch_size / wall)
-      r.cpu_per_wall.append(cpu / wall)
+      t = timed(r.run, steps_per_round)
+      r.images_per_s.append(steps_per_round * batch_size / t.wall)
+      r.cpu_per_wall.append(t.cpu / t.wall)
+      r.faults_per_step.append(t.faults / steps_per_round)
 
 
 class WorkerProcess:
@@ -274,9 +295,8 @@ class WorkerProcess:
                       optimizer=optimizer, dtype=dtype, shape=list(shape),
                       batch_size=batch_size)
 
-    def run(n: int) -> tuple[float, float]:
-      r = self.call(cmd='run', key=key, n=n)
-      return r['wall'], r['cpu']
+    def run(n: int) -> Timing:
+      return Timing(**self.call(cmd='run', key=key, n=n))
 
     return Runner(name, run, reply['setup_s'])
 
@@ -309,8 +329,7 @@ def worker() -> None:
           req['name'], config, tuple(req['shape']), req['batch_size'])
       reply = {'setup_s': runners[req['key']].setup_s}
     else:
-      wall, cpu = timed(runners[req['key']].run, req['n'])
-      reply = {'wall': wall, 'cpu': cpu}
+      reply = dataclasses.asdict(timed(runners[req['key']].run, req['n']))
     sys.stdout.write(json.dumps(reply) + '\n')
     sys.stdout.flush()
 
@@ -321,13 +340,15 @@ def report(model_name: str, shape, runners: list[Runner]) -> dict[str, float]:
   torch_names = [n for n in med if n.startswith('torch')]
   best_torch = max((med[n] for n in torch_names), default=float('nan'))
   print(f'\n{model_name}, input {"x".join(map(str, shape))}')
-  print('| variant | images/s (median) | min - max | CPU/wall | set-up s '
-        '| / best PyTorch |')
-  print('|---|---|---|---|---|---|')
+  print('| variant | images/s (median) | min - max | CPU/wall | page faults '
+        '/ step | set-up s | / best PyTorch |')
+  print('|---|---|---|---|---|---|---|')
   for r in runners:
     print(f'| {r.name} | {med[r.name]:,.0f} | {min(r.images_per_s):,.0f} - '
           f'{max(r.images_per_s):,.0f} | {np.median(r.cpu_per_wall):.2f} | '
-          f'{r.setup_s:.1f} | {med[r.name] / best_torch:.2f} |')
+          f'{np.median(r.faults_per_step):,.0f} (max '
+          f'{max(r.faults_per_step):,.0f}) | {r.setup_s:.1f} | '
+          f'{med[r.name] / best_torch:.2f} |')
   return med
 
 

@@ -11,8 +11,12 @@ tensors are smaller) but still measurably.
 `keep_freed_memory()` makes every thread allocate from the main arena
 (`M_ARENA_MAX=1`), serves large blocks from the heap instead of `mmap`
 (`M_MMAP_MAX=0`) and never trims freed memory back to the OS
-(`M_TRIM_THRESHOLD`), so a step reuses the pages of the previous one. The
-cost: the process keeps its peak heap size until it exits.
+(`M_TRIM_THRESHOLD=-1`, mallopt(3)'s "disables trimming completely"), so a
+step reuses the pages of the previous one. The cost: the process keeps its
+peak heap size until it exits. (A finite threshold is not enough: it is an
+int, at most 2 GiB, and a ResNet-56 step at batch 128 frees more than that at
+once: glibc then trimmed the heap from 2.8 GiB to 0.4 GiB every so often and
+the next step faulted 400,000 pages back in.)
 
 It must run before JAX's threads first allocate (threads keep the arena they
 started with), hence `cnn/__init__.py` calls it on import. It stays off where
@@ -76,6 +80,6 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
   ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1 and
-        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+        mallopt(_M_TRIM_THRESHOLD, -1) == 1)
   _applied = ok
   return ok

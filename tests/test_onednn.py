@@ -1,21 +1,16 @@
-"""The oneDNN convolution kernel (cnn/kernels) against `lax.conv`, and the
-host memory settings (cnn/host_memory.py) that keep a CPU step free of page
-faults."""
+"""The oneDNN convolution kernel (cnn/kernels) against `lax.conv`."""
 
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cnn
-from cnn import errors, host_memory, layers
+from cnn import errors, layers
 from cnn.kernels import onednn
 from tests.helpers import assert_conv_matches_lax
 
@@ -157,60 +152,3 @@ def test_bfloat16_conv2d_is_close_to_float32_and_keeps_its_dtype():
 def test_unknown_conv_impl_is_refused():
   with pytest.raises(errors.UserError, match="'auto', 'xla'"):
     layers.Conv(16, (3, 3), impl='cudnn').choose_impl(32, 16)
-
-
-# --- host memory
-
-
-def test_importing_cnn_applies_the_malloc_settings():
-  if not sys.platform.startswith('linux'):
-    pytest.skip('glibc only')
-  assert cnn.host_memory._applied
-  assert host_memory.keep_freed_memory()  # idempotent
-
-
-_FAULTS_PER_CALL = textwrap.dedent('''
-    import resource
-    import cnn  # applies (or, with CNN_KEEP_FREED_MEMORY=0, skips) the settings
-    import jax, jax.numpy as jnp
-
-    @jax.jit
-    def f(x):  # 64 MB intermediates inside one compiled program
-      y = jnp.sin(x)[None] * jnp.arange(4.0)[:, None]
-      return jnp.cos(y).sum()
-
-    x = jnp.ones((4 * 1024 * 1024,))
-    for _ in range(8):  # the heap settles into its steady shape
-      f(x).block_until_ready()
-    faults = []
-    for _ in range(11):
-      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      f(x).block_until_ready()
-      faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    # median: a call now and then may grow the heap
-    print(cnn.host_memory._applied, sorted(faults)[5])
-''')
-
-
-def _faults_per_call(keep: str) -> float:
-  env = {'CNN_KEEP_FREED_MEMORY': keep, 'JAX_PLATFORMS': 'cpu',
-         'PATH': '/usr/bin:/bin'}
-  out = subprocess.run([sys.executable, '-c', _FAULTS_PER_CALL], env=env,
-                       capture_output=True, text=True, check=True, timeout=120)
-  applied, faults = out.stdout.strip().splitlines()[-1].split()
-  assert applied == ('True' if keep == '1' else 'False'), out.stdout
-  return float(faults)
-
-
-def test_kept_memory_removes_the_page_faults_of_each_step():
-  if not sys.platform.startswith('linux'):
-    pytest.skip('glibc only')
-  default = _faults_per_call('0')
-  # Without the settings every call faults its 64 MB back in (16k pages);
-  # with them a typical call reuses the pages of the one before. The best of
-  # three processes: this VM's kernel also reclaims memory on its own (DAMON
-  # pageout, benchmarks/FINDINGS.md section 8), and one CI run saw a process
-  # fault on most calls anyway.
-  kept = min(_faults_per_call('1') for _ in range(3))
-  assert default > 8000, default
-  assert kept < 100, (kept, default)

@@ -108,8 +108,8 @@ class ConvBN(nn.Module):
                 (self.strides, self.strides), padding=((p, p), (p, p)),
                 use_bias=False, dtype=dtype, kernel_init=kernel_init,
                 name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     epsilon=1e-3, dtype=dtype, name='bn')(x)
+    x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-3, dtype=dtype, name='bn')(x)
     return layers.get_activation(self.activation)(x)
 
 

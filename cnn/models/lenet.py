@@ -62,8 +62,8 @@ class LeNet5(nn.Module):
                       use_bias=not self.batch_norm, impl=self.conv_impl,
                       name=f'{name}_conv')(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         dtype=dtype, name=f'{name}_bn')(x)
+        x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                             dtype=dtype, name=f'{name}_bn')(x)
       return act(x)
 
     # With batch norm the conv bias is redundant (the norm's shift replaces

@@ -97,8 +97,9 @@ class VGG(nn.Module):
         x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
                     kernel_init=conv_init, name=f'stage{s}_conv{i}')(x)
         if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=dtype, name=f'stage{s}_bn{i}')(x)
+          x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
+                               epsilon=1e-5, dtype=dtype,
+                               name=f'stage{s}_bn{i}')(x)
         x = act(x)
         if 'stem' not in out:
           out['stem'] = x
