@@ -23,8 +23,8 @@ evaluation with `test_accuracy >= --target`, unless --keep_running. Reports:
   total         process start -> the evaluation that reached the target
 
 By default the child runs the trainer as committed (with the CPU forms of
-`benchmarks/FINDINGS.md`: banded LeNet-5 convolutions, materialised ResNet
-convolution inputs); with --plain its train and eval steps are traced inside
+`benchmarks/FINDINGS.md`: oneDNN or banded convolutions, materialised ResNet
+convolution inputs, batch norm as one multiply-add); with --plain its train and eval steps are traced inside
 `cnn.layers.reference_convolutions()` (`benchmarks.cpu_speedups.plain`), i.e.
 the naive network, for the "before" of the ablation. XLA's persistent
 compilation cache is
