@@ -10,8 +10,8 @@ them (variant `jax` of the benchmarks).
 `plain(fn)` traces `fn` inside `cnn.layers.reference_convolutions()`, where
 `Conv(impl='auto')` is `lax.conv`, `materialize` the identity and
 `BatchNorm` flax's: the network as it was before the changes (variant
-`jax_plain`). The context only acts at
-trace time, so wrap the function before `jax.jit`:
+`jax_plain`). The context only acts at trace time, so wrap the function
+before `jax.jit`:
 
     jax.jit(plain(step_fn))   # the naive network
     jax.jit(step_fn)          # as committed

@@ -24,11 +24,11 @@ evaluation with `test_accuracy >= --target`, unless --keep_running. Reports:
 
 By default the child runs the trainer as committed (with the CPU forms of
 `benchmarks/FINDINGS.md`: oneDNN or banded convolutions, materialised ResNet
-convolution inputs, batch norm as one multiply-add); with --plain its train and eval steps are traced inside
-`cnn.layers.reference_convolutions()` (`benchmarks.cpu_speedups.plain`), i.e.
-the naive network, for the "before" of the ablation. XLA's persistent
-compilation cache is
-off unless --compilation_cache_dir is given, so `compile` is a cold compile.
+convolution inputs, batch norm as one multiply-add); with --plain its train
+and eval steps are traced inside `cnn.layers.reference_convolutions()`
+(`benchmarks.cpu_speedups.plain`), i.e. the naive network, for the "before"
+of the ablation. XLA's persistent compilation cache is off unless
+--compilation_cache_dir is given, so `compile` is a cold compile.
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@
         --resnet_input=28x28x1 --optimizer=sgd --torch_compile
 
 Variants, each warmed up for one round and then timed for `--steps` steps
-per round, round-robin, so that all of them see the same machine load (this machine's 2 cores are shared: read
-the ratios, which are medians over rounds, not the absolute numbers). Each
-variant runs in its own worker process, driven in lock-step with this one:
-PyTorch's OpenMP runtime in a JAX process slows JAX, and two JAX programs of
-different sizes in one process fragment the heap that `cnn/host_memory.py`
-keeps, so one variant's steps would fault in memory the other freed
-(FINDINGS.md). `--in_process` runs everything here instead:
+per round, round-robin, so that all of them see the same machine load (this
+machine's 2 cores are shared: read the ratios, which are medians over rounds,
+not the absolute numbers). Each variant runs in its own worker process,
+driven in lock-step with this one: PyTorch's OpenMP runtime in a JAX process
+slows JAX, and two JAX programs of different sizes in one process fragment
+the heap that `cnn/host_memory.py` keeps, so one variant's steps would fault
+in memory the other freed (FINDINGS.md). The table's page faults per step
+show whether a variant still does. `--in_process` runs everything here
+instead:
 
   jax        `cnn.steps.train_step` jitted exactly as `cnn/train.py` does
              (`donate_argnums=(0, 1)`, the batch passed as an argument),
@@ -23,7 +25,8 @@ keeps, so one variant's steps would fault in memory the other freed
              multiply-add).
   jax_plain  the same step traced inside `cnn.layers.reference_convolutions()`
              (`benchmarks.cpu_speedups.plain`): the naive network, lax.conv
-             everywhere and no materialisation (the "before" of the ablation).
+             everywhere, no materialisation, flax's batch norm (the "before"
+             of the ablation).
   torch      the PyTorch twin (`benchmarks/torch_models.py`), NCHW, 2 threads:
              zero_grad, forward, label-smoothed cross-entropy, backward,
              the same optimizer (decay on kernels only) and one-cycle
