@@ -5,11 +5,12 @@
     python -m benchmarks.train_throughput --models=resnet20,plain20 \
         --resnet_input=28x28x1 --optimizer=sgd --torch_compile
 
-Variants, each warmed up for one round and then timed for `--steps` steps
-per round, round-robin, so that all of them see the same machine load (this
-machine's 2 cores are shared: read the ratios, which are medians over rounds,
-not the absolute numbers). Each variant runs in its own worker process,
-driven in lock-step with this one: PyTorch's OpenMP runtime in a JAX process
+Variants, each warmed up (untimed rounds until it stops faulting in fresh
+memory) and then timed for `--steps` steps per round, round-robin, so that
+all of them see the same machine load (this machine's 2 cores are shared:
+read the ratios, which are medians over rounds, not the absolute numbers).
+Each variant runs in its own worker process, driven in lock-step with this
+one: PyTorch's OpenMP runtime in a JAX process
 slows JAX, and two JAX programs of different sizes in one process fragment
 the heap that `cnn/host_memory.py` keeps, so one variant's steps would fault
 in memory the other freed (FINDINGS.md). The table's page faults per step
@@ -79,6 +80,10 @@ from configs import default as default_config  # noqa: E402
 DEFAULT_STEPS = {'lenet5': 150, 'resnet20': 8, 'plain20': 8, 'resnet56': 3,
                  'plain56': 3}
 NUM_DISTINCT_BATCHES = 4
+# Warm-up ends with a round below this many page faults per step (PyTorch's
+# steady rounds: up to ~2,000; a JAX heap still growing: 40,000-200,000).
+WARM_FAULTS_PER_STEP = 5_000
+MAX_WARMUP_ROUNDS = 8
 
 
 @dataclasses.dataclass
@@ -251,14 +256,19 @@ def measure(runners: list[Runner], steps_per_round: int, rounds: int,
   """Round-robin timing; fills `images_per_s`, `cpu_per_wall` and
   `faults_per_step`.
 
-  A first, untimed round warms every variant up: a JAX step's heap reaches
-  its size only over the first few steps after compilation (ResNet-56: 1.2 to
-  2.8 GB in 6 steps, faulting 200,000 fresh pages per step meanwhile).
-  `pause_s` of idle time before each timed run lets the previous runner's
-  worker threads (Eigen's and OpenMP's spin before sleeping) go quiet.
+  Untimed rounds warm every variant up first, until a round faults fewer
+  than `WARM_FAULTS_PER_STEP` pages per step (at most `MAX_WARMUP_ROUNDS`): a
+  JAX step's heap reaches its size only over the first steps after
+  compilation (ResNet-56: 1.2 to 2.8 GB in 6 steps, faulting 200,000 fresh
+  pages per step meanwhile). `pause_s` of idle time before each timed run
+  lets the previous runner's worker threads (Eigen's and OpenMP's spin before
+  sleeping) go quiet.
   """
   for r in runners:
-    r.run(steps_per_round)
+    for _ in range(MAX_WARMUP_ROUNDS):
+      if timed(r.run, steps_per_round).faults < (
+          WARM_FAULTS_PER_STEP * steps_per_round):
+        break
   for _ in range(rounds):
     for r in runners:
       time.sleep(pause_s)
