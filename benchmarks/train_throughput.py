@@ -261,8 +261,11 @@ def measure(runners: list[Runner], steps_per_round: int, rounds: int,
   JAX step's heap reaches its size only over the first steps after
   compilation (ResNet-56: 1.2 to 2.8 GB in 6 steps, faulting 200,000 fresh
   pages per step meanwhile). `pause_s` of idle time before each timed run
-  lets the previous runner's worker threads (Eigen's and OpenMP's spin before
-  sleeping) go quiet.
+  lets the previous runner's effects on the machine die down: its threads
+  spinning before they sleep, and more on this VM (with the NCHW PyTorch
+  worker in the rotation, a JAX round 0.3 s after it ran 15 % slower than
+  one 1 s after; the worker's threads used no CPU by then; FINDINGS.md
+  section 12).
   """
   for r in runners:
     for _ in range(MAX_WARMUP_ROUNDS):
@@ -384,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
                       help='HxWxC of ResNet inputs (28x28x1: Fashion-MNIST)')
   parser.add_argument('--threads', type=int, default=2,
                       help='torch.set_num_threads')
-  parser.add_argument('--pause', type=float, default=0.3,
+  parser.add_argument('--pause', type=float, default=1.0,
                       help='idle seconds before each timed run')
   parser.add_argument('--in_process', action='store_true',
                       help='run every variant in this process (they then '
