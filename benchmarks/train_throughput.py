@@ -1,6 +1,6 @@
 """Training throughput of our JAX step against its PyTorch twin, interleaved.
 
-    python -m benchmarks.train_throughput                      # about 3 min
+    python -m benchmarks.train_throughput                      # about 5 min
     python -m benchmarks.train_throughput --models=lenet5 --rounds=15
     python -m benchmarks.train_throughput --models=resnet20,plain20 \
         --resnet_input=28x28x1 --optimizer=sgd --torch_compile
