@@ -276,7 +276,8 @@ class Checkpointer:
     if found != list(expected):
       paths = [jax.tree_util.keystr(p) for p, _ in
                jax.tree_util.tree_flatten_with_path(restored)[0]]
-      bad = [p for p, a, b in zip(paths, found, expected) if a != b]
+      bad = [p for p, a, b in zip(paths, found, expected, strict=True)
+             if a != b]
       raise CheckpointCorruptError(
           f'the arrays do not match the fingerprint saved with them '
           f'(differing: {bad or "the number of arrays"})')

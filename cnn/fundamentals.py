@@ -47,7 +47,8 @@ def _check_operands(x: np.ndarray, k: np.ndarray, mode: str) -> None:
     raise ValueError(
         'Signal and kernel must both be 1-D or both 2-D; got shapes '
         f'{x.shape} and {k.shape}.')
-  if mode == 'valid' and any(kn > n for n, kn in zip(x.shape, k.shape)):
+  if mode == 'valid' and any(
+      kn > n for n, kn in zip(x.shape, k.shape, strict=True)):
     raise ValueError(
         f"mode='valid' needs the kernel {k.shape} to fit inside the signal "
         f'{x.shape}.')
@@ -78,11 +79,12 @@ def _crop_full(full: np.ndarray, x_shape: tuple[int, ...],
   if mode == 'full':
     return full
   if mode == 'valid':
-    window = tuple(slice(k - 1, n) for n, k in zip(x_shape, k_shape))
+    window = tuple(slice(k - 1, n)
+                   for n, k in zip(x_shape, k_shape, strict=True))
   else:
     window = tuple(slice(_same_start(k, correlation),
                          _same_start(k, correlation) + n)
-                   for n, k in zip(x_shape, k_shape))
+                   for n, k in zip(x_shape, k_shape, strict=True))
   return full[window]
 
 
@@ -104,9 +106,10 @@ def convolve(x: np.ndarray, k: np.ndarray, mode: str = 'full') -> np.ndarray:
   """
   x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
   _check_operands(x, k, mode)
-  full = np.zeros(tuple(n + m - 1 for n, m in zip(x.shape, k.shape)))
+  full = np.zeros(tuple(n + m - 1
+                        for n, m in zip(x.shape, k.shape, strict=True)))
   for tau in np.ndindex(k.shape):
-    shifted = tuple(slice(t, t + n) for t, n in zip(tau, x.shape))
+    shifted = tuple(slice(t, t + n) for t, n in zip(tau, x.shape, strict=True))
     full[shifted] += k[tau] * x
   return _crop_full(full, x.shape, k.shape, mode, False)
 
@@ -136,10 +139,10 @@ def correlate(x: np.ndarray, w: np.ndarray, mode: str = 'full') -> np.ndarray:
       'same': [((m - 1) // 2, m // 2) for m in w.shape],
   }[mode]
   xp = np.pad(x, pads)
-  out_shape = tuple(n - m + 1 for n, m in zip(xp.shape, w.shape))
+  out_shape = tuple(n - m + 1 for n, m in zip(xp.shape, w.shape, strict=True))
   y = np.zeros(out_shape)
   for j in np.ndindex(w.shape):
-    shifted = tuple(slice(t, t + n) for t, n in zip(j, out_shape))
+    shifted = tuple(slice(t, t + n) for t, n in zip(j, out_shape, strict=True))
     y += w[j] * xp[shifted]
   return y
 
@@ -443,7 +446,7 @@ def resolve_padding(padding: Padding, in_hw: tuple[int, int],
       return (0, 0), (0, 0)
     if padding.upper() == 'SAME':
       return tuple(same_padding(n, k, s, d) for n, k, s, d in zip(
-          in_hw, kernel_hw, stride_hw, dilation_hw))
+          in_hw, kernel_hw, stride_hw, dilation_hw, strict=True))
     raise ValueError(
         f"Unknown padding {padding!r}; use 'VALID', 'SAME' or integers.")
   if isinstance(padding, int):

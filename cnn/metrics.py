@@ -71,6 +71,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 def progress_bar(total: int, initial: int, enabled: bool):
   """A tqdm bar on stderr, silent when stderr is not a terminal."""
   from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
+  return tqdm.tqdm(total=total, initial=initial, unit='step',
+                   dynamic_ncols=True,
                    disable=not (enabled and sys.stderr.isatty()
                                 and jax.process_index() == 0))

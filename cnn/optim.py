@@ -103,9 +103,10 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
 
 def plateau_scale(opt_state) -> jax.Array:
-  """Current reduce-on-plateau multiplier (1.0 when the schedule is not used)."""
+  """Current reduce-on-plateau multiplier (1.0 without that schedule)."""
   for leaf_state in jax.tree.leaves(
-      opt_state, is_leaf=lambda s: hasattr(s, 'scale') and hasattr(s, 'plateau_count')):
+      opt_state,
+      is_leaf=lambda s: hasattr(s, 'scale') and hasattr(s, 'plateau_count')):
     if hasattr(leaf_state, 'plateau_count'):
       return leaf_state.scale
   return jnp.ones((), jnp.float32)

@@ -578,7 +578,8 @@ def _format_table(s: Summary) -> str:
 
   def fmt(row):
     return '  '.join(c.ljust(w) if i < 3 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                     ).rstrip()
 
   rule = '-' * len(fmt(head))
   h, w, c = s.input_shape

@@ -148,20 +148,20 @@ def grow(rf: RF, kernel, strides, dilation=None) -> RF:
   kernel, strides = tup(kernel, n), tup(strides, n)
   dilation = tup(dilation, n)
   r = tuple(ri + (k - 1) * d * ji
-            for ri, ji, k, d in zip(r, j, kernel, dilation))
-  return r, tuple(ji * s for ji, s in zip(j, strides))
+            for ri, ji, k, d in zip(r, j, kernel, dilation, strict=True))
+  return r, tuple(ji * s for ji, s in zip(j, strides, strict=True))
 
 
 def max_rf(values: Sequence[RF]) -> RF:
   # The largest receptive field among the inputs of an op. Jumps agree for
   # inputs on the same grid; a broadcast 1x1 map (a squeeze-excite gate, whose
   # "jump" is a whole map) must not coarsen the grid, hence the minimum.
-  return (tuple(max(v) for v in zip(*(r for r, _ in values))),
-          tuple(min(v) for v in zip(*(j for _, j in values))))
+  return (tuple(max(v) for v in zip(*(r for r, _ in values), strict=True)),
+          tuple(min(v) for v in zip(*(j for _, j in values), strict=True)))
 
 
 def global_rf(rf: RF, image_hw: tuple[int, ...]) -> RF:
-  return tuple(max(r, s) for r, s in zip(rf[0], image_hw)), rf[1]
+  return tuple(max(r, s) for r, s in zip(rf[0], image_hw, strict=True)), rf[1]
 
 
 def conv_window(eqn) -> tuple[tuple[int, ...], tuple[int, ...],
@@ -191,7 +191,7 @@ def matmul_macs(eqn) -> tuple[int, int]:
   valid = 1
   for i, (ld, rd, s, (lo, _)) in enumerate(zip(
       eqn.params['lhs_dilation'], eqn.params['rhs_dilation'],
-      eqn.params['window_strides'], eqn.params['padding'])):
+      eqn.params['window_strides'], eqn.params['padding'], strict=True)):
     size = lhs[dn.lhs_spec[2 + i]]
     k = rhs[dn.rhs_spec[2 + i]]
     span = (size - 1) * ld
@@ -261,7 +261,7 @@ class Flow:
         if (name in _INLINE and len(subs) == 1
             and len(inner.invars) == len(eqn.invars)
             and len(inner.outvars) == len(eqn.outvars)):
-          for vo, vi in zip(eqn.invars, inner.invars):
+          for vo, vi in zip(eqn.invars, inner.invars, strict=True):
             lit = isinstance(vo, literal)
             self.rf[vi] = None if lit else self.rf.get(vo)
             self.producer[vi] = frozenset() if lit else self.producer.get(
@@ -269,7 +269,7 @@ class Flow:
           for vc in inner.constvars:
             self.rf[vc] = None
           self._walk(inner, stack)
-          for vo, vi in zip(eqn.outvars, inner.outvars):
+          for vo, vi in zip(eqn.outvars, inner.outvars, strict=True):
             self.rf[vo] = (None if isinstance(vi, literal)
                            else self.rf.get(vi))
             self.producer[vo] = frozenset(stack)

@@ -57,7 +57,7 @@ def _take(iterator, n):
 
 def _assert_batches_equal(a, b):
   assert len(a) == len(b)
-  for x, y in zip(a, b):
+  for x, y in zip(a, b, strict=True):
     assert x.keys() == y.keys()
     for k in x:
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
@@ -538,7 +538,7 @@ def test_augment_batch_distributions_end_to_end():
       assert counts.sum() == counts[lo:lo + 5].sum()
       np.testing.assert_allclose(counts[lo:lo + 5] / n, 0.2, atol=0.03)
     # Per-example randomness: shifts and flips vary within the batch.
-    assert len(set(zip(bright.tolist(), flipped.tolist()))) == 50
+    assert len(set(zip(bright.tolist(), flipped.tolist(), strict=True))) == 50
   # Gaussian noise: standard deviation as configured, mean zero, unclipped.
   grey = np.full((64, 16, 16, 1), 0.5, np.float32)
   for out in [_jax_augment(1, grey, dict(noise_std=0.1)),

@@ -372,4 +372,5 @@ def test_forward_backward(name):
     # Training updates the running statistics.
     before = jax.tree.leaves(variables['batch_stats'])
     after = jax.tree.leaves(state['batch_stats'])
-    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    assert any(not np.allclose(a, b)
+               for a, b in zip(before, after, strict=True))

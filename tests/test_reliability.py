@@ -83,7 +83,7 @@ def assert_trees_equal(a, b) -> None:
   paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
   leaves_b = jax.tree.leaves(b)
   assert len(paths_a) == len(leaves_b)
-  for (path, x), y in zip(paths_a, leaves_b):
+  for (path, x), y in zip(paths_a, leaves_b, strict=True):
     x, y = np.asarray(x), np.asarray(y)
     assert x.dtype == y.dtype and x.shape == y.shape, path
     assert x.tobytes() == y.tobytes(), (

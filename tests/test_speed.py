@@ -186,7 +186,8 @@ def test_cpu_forms_give_the_plain_gradients(model):
   fast = jax.jit(grad_fn)(state.params)
   plain = jax.jit(cpu_speedups.plain(grad_fn))(state.params)
   np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5)
-  for got, want in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(plain[1])):
+  for got, want in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(plain[1]),
+                       strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-4,
                                atol=1e-5 * float(jnp.abs(want).max()))
 

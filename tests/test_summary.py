@@ -313,7 +313,8 @@ GOOGLENET_STEM = (
 def test_googlenet_stem_and_head():
   s = _summary('googlenet')
   rows = [s.layer(name) for name, *_ in GOOGLENET_STEM]
-  for row, (name, kib, kparams, mflop) in zip(rows, GOOGLENET_STEM):
+  for row, (name, kib, kparams, mflop) in zip(rows, GOOGLENET_STEM,
+                                              strict=True):
     assert (_kib(row), _k(row.params_without_bias), _m(row.connections)) == (
         kib, kparams, mflop), name
   assert rows[-1].output_shape == (28, 28, 192)

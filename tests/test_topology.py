@@ -66,7 +66,7 @@ def assert_trees_close(a, b, what: str) -> None:
   paths = jax.tree_util.tree_flatten_with_path(a)[0]
   leaves_b = jax.tree.leaves(b)
   assert len(paths) == len(leaves_b)
-  for (path, x), y in zip(paths, leaves_b):
+  for (path, x), y in zip(paths, leaves_b, strict=True):
     np.testing.assert_allclose(
         np.asarray(x), np.asarray(y), rtol=RTOL, atol=ATOL,
         err_msg=f'{what}: {jax.tree_util.keystr(path)}')
@@ -100,7 +100,7 @@ def test_eight_devices_train_like_one(one_device_run, eight_device_run):
   assert_trees_close(one['batch_stats'], eight['batch_stats'], 'batch_stats')
   m1, m8 = read_metrics(one_device_run), read_metrics(eight_device_run)
   assert [r['step'] for r in m1] == [r['step'] for r in m8] == [16, 32]
-  for r1, r8 in zip(m1, m8):
+  for r1, r8 in zip(m1, m8, strict=True):
     assert r1['test_count'] == r8['test_count'] == 1000
     assert abs(r1['test_accuracy'] - r8['test_accuracy']) <= 0.003
     np.testing.assert_allclose(r1['test_loss'], r8['test_loss'], rtol=1e-3)
@@ -121,11 +121,12 @@ def test_checkpoints_move_between_one_and_eight_devices(
   restored, _ = checkpointer.restore_latest(target)
   checkpointer.close()
   assert int(restored.step) == 32
-  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+  for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target),
+                       strict=True):
     assert got.sharding.is_equivalent_to(want.sharding, got.ndim)
   _, saved = checkpoint_lib.load_arrays(eight_device_run)
   for got, want in zip(jax.tree.leaves(restored.params),
-                       jax.tree.leaves(saved['params'])):
+                       jax.tree.leaves(saved['params']), strict=True):
     np.testing.assert_array_equal(np.asarray(got), want)
   result = train.train_and_evaluate(config, from_eight)
   assert result.step == 48
@@ -174,7 +175,7 @@ def _wait_all(procs: list[subprocess.Popen]) -> list[str]:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for i, (p, err) in enumerate(zip(procs, errs)):
+  for i, (p, err) in enumerate(zip(procs, errs, strict=True)):
     assert p.returncode == 0, f'process {i}:\n{err[-3000:]}'
     assert f'process {i} of 2' in err
     assert 'Traceback' not in err, err[-3000:]
@@ -230,7 +231,7 @@ def test_two_processes_preempted_and_resumed_train_like_one(
   assert_trees_close(one['batch_stats'], two['batch_stats'], 'batch_stats')
   m1, m2 = read_metrics(reference), read_metrics(workdir)
   assert [r['step'] for r in m2] == [16, 32]  # written once, by process 0.
-  for r1, r2 in zip(m1, m2):
+  for r1, r2 in zip(m1, m2, strict=True):
     assert r2['test_count'] == 1000  # each test example once, not twice.
     assert abs(r1['test_accuracy'] - r2['test_accuracy']) <= 0.003
     np.testing.assert_allclose(r1['test_loss'], r2['test_loss'], rtol=1e-3)

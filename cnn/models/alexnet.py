@@ -35,6 +35,7 @@ This module also holds the adaptive average pool shared with VGG.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -94,7 +95,7 @@ class AdaptiveAvgPool(nn.Module):
         continue
       bins = _adaptive_bins(x.shape[axis], self.size)
       lengths = {end - start for start, end in bins}
-      steps = {b[0] - a[0] for a, b in zip(bins, bins[1:])}
+      steps = {b[0] - a[0] for a, b in itertools.pairwise(bins)}
       if lengths == {1}:
         # Upsampling by repetition: a gather, no arithmetic.
         x = jnp.take(x, jnp.array([s for s, _ in bins]), axis=axis)
@@ -156,7 +157,7 @@ class AlexNet(nn.Module):
     groups = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
     for i, (group, c, k, s, p, pool) in enumerate(zip(
         groups, self.widths, self.kernels, self.strides, self.paddings,
-        self.pool_after), start=1):
+        self.pool_after, strict=True), start=1):
       x = nn.Conv(max(1, round(c * self.width)), (k, k), (s, s),
                   padding=((p, p), (p, p)), dtype=dtype,
                   name=f'{group}_conv{i}')(x)

@@ -90,7 +90,7 @@ class EfficientNet(nn.Module):
     x = out['stem'] = act(norm(name='stem_bn')(x))
     k = 0  # Index of the block in the whole net, for stochastic depth.
     for i, ((t, kernel, s, c, _), n) in enumerate(
-        zip(self.block_settings, repeats)):
+        zip(self.block_settings, repeats, strict=True)):
       for j in range(n):
         x = block_cls(
             channels(c), s if j == 0 else 1, t, conv=conv, norm=norm, act=act,

@@ -212,7 +212,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
     if self.block not in BLOCKS:
-      raise errors.UserError(f'Unknown block {self.block!r}; valid: {list(BLOCKS)}.')
+      raise errors.UserError(
+          f'Unknown block {self.block!r}; valid: {list(BLOCKS)}.')
     if self.stem not in ('imagenet', 'cifar'):
       raise errors.UserError(
           f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")

@@ -91,7 +91,8 @@ class VGG(nn.Module):
     dtype = layers.as_dtype(self.dtype)
     x = x.astype(dtype)
     out = {}
-    for s, (n_convs, c) in enumerate(zip(self.stage_sizes, self.widths), 1):
+    stages = zip(self.stage_sizes, self.widths, strict=True)
+    for s, (n_convs, c) in enumerate(stages, 1):
       features = max(1, round(c * self.width))
       for i in range(1, n_convs + 1):
         x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
