@@ -235,24 +235,21 @@ class BatchNorm(nn.BatchNorm):
     if self.force_float32_reductions:
       dtype = jnp.promote_types(dtype, jnp.float32)
     x = x.astype(dtype)
-    mean = x.mean(reduction_axes)
     if self.use_fast_variance:
-      second = jnp.square(x).mean(reduction_axes)
-    else:
-      second = None
-    axis_name = None if self.is_initializing() else self.axis_name
-    if axis_name is not None:
-      moments = mean if second is None else jnp.stack([mean, second])
-      moments = jax.lax.pmean(moments, axis_name,
-                              axis_index_groups=self.axis_index_groups)
-      mean, second = (moments, None) if second is None else tuple(moments)
-    if second is not None:
-      return mean, jnp.maximum(0.0, second - jnp.square(mean))
-    variance = jnp.square(x - mean).mean(reduction_axes)
-    if axis_name is not None:
-      variance = jax.lax.pmean(variance, axis_name,
-                               axis_index_groups=self.axis_index_groups)
+      mean, mean_square = self._mean_over_devices(
+          x.mean(reduction_axes), jnp.square(x).mean(reduction_axes))
+      return mean, jnp.maximum(0.0, mean_square - jnp.square(mean))
+    mean, = self._mean_over_devices(x.mean(reduction_axes))
+    variance, = self._mean_over_devices(
+        jnp.square(x - mean).mean(reduction_axes))
     return mean, variance
+
+  def _mean_over_devices(self, *moments: Array) -> tuple[Array, ...]:
+    """`moments` averaged over `axis_name` (one collective for all)."""
+    if self.axis_name is None or self.is_initializing():
+      return moments
+    return tuple(jax.lax.pmean(jnp.stack(moments), self.axis_name,
+                               axis_index_groups=self.axis_index_groups))
 
 
 def _explicit_padding(padding: Any, kernel_size: tuple[int, int],
@@ -344,6 +341,9 @@ def reference_convolutions():
     _REFERENCE_CONVOLUTIONS.reset(token)
 
 
+IMPLS = ('auto', 'xla', 'banded', 'onednn')  # `Conv.impl` values
+
+
 class Conv(nn.Conv):
   """`nn.Conv` that may compute itself faster on CPU.
 
@@ -426,8 +426,6 @@ class Conv(nn.Conv):
       y = onednn.conv2d(x, kernel, strides, pads)
     return y if bias is None else y + bias
 
-
-IMPLS = ('auto', 'xla', 'banded', 'onednn')
 
 
 def _pair(v: Any) -> tuple[int, int]:

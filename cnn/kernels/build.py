@@ -20,21 +20,23 @@ import jax.ffi
 from cnn.kernels import onednn
 
 
+def _library_dirs(prefix: pathlib.Path) -> list[pathlib.Path]:
+  return [d for d in (prefix / 'lib', prefix / 'lib' / 'x86_64-linux-gnu')
+          if d.is_dir()]
+
+
 def onednn_prefix() -> pathlib.Path | None:
   """The install prefix holding include/dnnl.hpp and lib/libdnnl.so."""
   candidates = [os.environ.get('DNNL_ROOT'), sys.prefix, '/usr']
-  for prefix in filter(None, candidates):
-    p = pathlib.Path(prefix)
-    libdirs = (p / 'lib', p / 'lib' / 'x86_64-linux-gnu')
-    if (p / 'include' / 'dnnl.hpp').exists() and any(
-        any(d.glob('libdnnl.so*')) for d in libdirs):
-      return p
+  for prefix in map(pathlib.Path, filter(None, candidates)):
+    if (prefix / 'include' / 'dnnl.hpp').exists() and any(
+        any(d.glob('libdnnl.so*')) for d in _library_dirs(prefix)):
+      return prefix
   return None
 
 
 def compile_command(prefix: pathlib.Path, out: pathlib.Path) -> list[str]:
-  libdirs = [str(prefix / d) for d in ('lib', 'lib/x86_64-linux-gnu')
-             if (prefix / d).is_dir()]
+  libdirs = _library_dirs(prefix)
   return [os.environ.get('CXX', 'g++'), '-O2', '-std=c++17', '-shared',
           '-fPIC', '-fopenmp', '-w', f'-I{jax.ffi.include_dir()}',
           f'-I{prefix / "include"}', str(onednn.SOURCE),
