@@ -5,6 +5,13 @@
         --config.optimizer.learning_rate=1e-3 --config.num_epochs=5
     python main.py --config=configs/default.py --mode=summary
 
+A config file with a `get_sweep()` (configs/depth_study_fmnist.py, ...) is a
+sweep: every member trains into WORKDIR/<member>/, then WORKDIR/results.csv
+and results.json are written (`--mode=results` writes them alone).
+`--member=NAME` runs one member (what a cluster job does);
+`--launcher=slurm` submits the unfinished members as a SLURM job array
+through submitit instead of running them here.
+
 Multi-process (one process per host, or per GPU): start the same command on
 every process with --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I, or just --distributed under SLURM / on a TPU pod, where JAX
@@ -20,14 +27,31 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'summary')
+MODES = ('train', 'summary', 'results')
+LAUNCHERS = ('local', 'slurm', 'submitit_local')
 
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 flags.DEFINE_enum('mode', 'train', MODES,
-                  'train: train and evaluate (resuming from workdir); '
-                  'summary: print the size-accounting table of the model.')
+                  'train: train and evaluate (resuming from workdir; every '
+                  'member of a sweep config); summary: print the '
+                  'size-accounting table of the model; results: aggregate a '
+                  'sweep workdir into results.csv/json.')
+flags.DEFINE_string('member', None,
+                    'Sweep configs: run only this member (by name).')
+flags.DEFINE_enum('launcher', 'local', LAUNCHERS,
+                  'Sweep configs: local (members one after the other in this '
+                  'process), slurm (a submitit job array, one task per '
+                  'unfinished member), submitit_local (the same jobs as local '
+                  'processes, for testing).')
+flags.DEFINE_string('slurm_partition', None, '--launcher=slurm: partition.')
+flags.DEFINE_integer('slurm_timeout_min', 24 * 60,
+                     '--launcher=slurm: time limit of each member job.')
+flags.DEFINE_integer('slurm_gpus_per_node', 0,
+                     '--launcher=slurm: GPUs of each member job.')
+flags.DEFINE_integer('slurm_array_parallelism', 64,
+                     '--launcher=slurm: member jobs running at once.')
 flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
 flags.DEFINE_string(
     'compilation_cache_dir',
@@ -61,6 +85,62 @@ class _QuietLibraries:
     return record.levelno >= 30 or '/orbax/' not in record.pathname
 
 
+def _sweep_definition():
+  """(config file name, module) when --config names a sweep config."""
+  from cnn import config_utils  # pylint: disable=g-import-not-at-top
+  path = _config_path(sys.argv)
+  module = config_utils.load_config_module(path) if path else None
+  if module is None or not hasattr(module, 'get_sweep'):
+    return None, None
+  return os.path.splitext(os.path.basename(path))[0], module
+
+
+def _executor(workdir: str):
+  import submitit  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(workdir, 'submitit', '%j')
+  if FLAGS.launcher == 'submitit_local':
+    return submitit.LocalExecutor(folder=folder)
+  executor = submitit.AutoExecutor(folder=folder)
+  executor.update_parameters(
+      timeout_min=FLAGS.slurm_timeout_min, slurm_partition=FLAGS.slurm_partition,
+      gpus_per_node=FLAGS.slurm_gpus_per_node or None,
+      slurm_array_parallelism=FLAGS.slurm_array_parallelism,
+      slurm_signal_delay_s=120)
+  return executor
+
+
+def _run_sweep(config, sweep_name: str, module) -> int:
+  """Runs (or submits) the members of a sweep config; returns the exit code."""
+  from cnn import sweep, sweep_results  # pylint: disable=g-import-not-at-top
+  workdir = FLAGS.workdir
+  members = sweep.members_of(module.get_sweep(),
+                             getattr(module, 'member_name', sweep.member_name))
+  for m in members:  # every member's overrides are checked before any runs.
+    sweep.member_config(config, m)
+  if FLAGS.mode == 'results':
+    print(sweep_results.format_groups(sweep_results.write(workdir)['groups']))
+    return 0
+  sweep.write_plan(workdir, config, sweep_name, members)
+  if FLAGS.member:
+    members = [sweep.select(members, FLAGS.member)]
+  if FLAGS.launcher != 'local' and not FLAGS.member:
+    command = [sys.executable, os.path.abspath(sys.argv[0])] + [
+        a for a in sys.argv[1:] if not a.startswith('--launcher')]
+    jobs = sweep.submit(members, workdir, command, _executor(workdir))
+    print(f'Submitted {len(jobs)} member jobs; rerun with --mode=results '
+          'when they are done.')
+    if FLAGS.launcher == 'submitit_local':
+      for job in jobs:
+        job.result()
+    return 0
+  outcome = sweep.run_local(config, members, workdir)
+  if not FLAGS.member:
+    data = sweep_results.write(workdir)
+    print(sweep_results.format_groups(data['groups']))
+  print(sweep.summary_line(outcome, members, workdir))
+  return outcome.exit_code
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -78,12 +158,16 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
   config = FLAGS.config
+  sweep_name, sweep_module = _sweep_definition()
   if FLAGS.mode == 'summary':
     from cnn import summary  # pylint: disable=g-import-not-at-top
     summary.print_summary_for_config(config, as_json=FLAGS.json)
     return
   if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required for --mode=train.')
+    raise app.UsageError(f'--workdir is required for --mode={FLAGS.mode}.')
+  if FLAGS.mode == 'results' and sweep_module is None:
+    raise app.UsageError('--mode=results needs a sweep config (one with '
+                         'get_sweep()).')
 
   logging.info('JAX %s, backend %s; process %d of %d; local devices: %s',
                jax.__version__, jax.default_backend(), jax.process_index(),
@@ -91,6 +175,8 @@ def main(argv):
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from cnn import errors, train  # pylint: disable=g-import-not-at-top
   try:
+    if sweep_module is not None:
+      sys.exit(_run_sweep(config, sweep_name, sweep_module))
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except (errors.UserError, input_pipeline.DatasetError,
           input_pipeline.InputConfigError) as e:
@@ -152,4 +238,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
+  # Before JAX starts its threads (cnn/host_memory.py): `import cnn` itself
+  # changes no process setting.
+  from cnn import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_freed_memory()
   app.run(main, flags_parser=_parse_flags)

@@ -7,8 +7,8 @@ For the convolutions of LeNet-5 (c1, c3) and of the CIFAR ResNets (3x3 at
 16/32/64 channels, and the stride-2 16 -> 32 one), batch 128: the forward
 pass, the weight gradient and the input gradient, each as its own jitted
 XLA program (`lax.conv_general_dilated` and its VJP; `banded` rows use
-`cnn.layers.banded_conv`, `onednn` rows `cnn.kernels.onednn.conv2d`, our
-XLA FFI call into oneDNN) and as the PyTorch op (NCHW and channels_last;
+`cnn.kernels.forms.banded_conv`, `onednn` rows `cnn.kernels.onednn.conv2d`,
+our XLA FFI call into oneDNN) and as the PyTorch op (NCHW and channels_last;
 `aten.convolution_backward` for the gradients), interleaved. Reports the
 minimum over `--reps` single calls in milliseconds: on a shared machine the
 minimum is the best estimate of the uncontended time.
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import torch
 
-from cnn import layers
-from cnn.kernels import onednn
+from cnn import host_memory
+from cnn.kernels import forms, onednn
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 B = 128
@@ -45,7 +45,7 @@ def jax_fns(x_shape, k_shape, pad, stride, impl: str):
   k = jax.numpy.asarray(rng.normal(size=k_shape), np.float32)
   pads = ((pad, pad), (pad, pad))
   if impl == 'banded':
-    conv = lambda x, k: layers.banded_conv(x, k, (stride, stride), pads)
+    conv = lambda x, k: forms.banded_conv(x, k, (stride, stride), pads)
   elif impl == 'onednn':
     conv = lambda x, k: onednn.conv2d(x, k, (stride, stride), pads)
   else:
@@ -80,6 +80,9 @@ def torch_fns(x_shape, k_shape, pad, stride, channels_last: bool):
 
 
 def main(argv=None) -> None:
+  # Before JAX first computes: CPU steps then reuse freed memory instead of
+  # faulting it in again (cnn/host_memory.py).
+  host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--reps', type=int, default=60)
   parser.add_argument('--threads', type=int, default=2)
@@ -94,7 +97,7 @@ def main(argv=None) -> None:
   for name, (xs, ks, pad, stride) in CASES.items():
     for impl in impls:
       if impl == 'banded' and not name.startswith('lenet'):
-        continue  # 11x the work at these widths (layers.Conv picks xla).
+        continue  # Too redundant at these widths (forms.Conv picks xla).
       if impl.startswith('torch'):
         group = torch_fns(xs, ks, pad, stride, impl == 'torch_cl')
       else:

@@ -23,9 +23,9 @@ evaluation with `test_accuracy >= --target`, unless --keep_running. Reports:
   total         process start -> the evaluation that reached the target
 
 By default the child runs the trainer as committed (with the CPU forms of
-`benchmarks/FINDINGS.md`: oneDNN or banded convolutions, materialised ResNet
-convolution inputs, batch norm as one multiply-add); with --plain its train
-and eval steps are traced inside `cnn.layers.reference_convolutions()`
+`benchmarks/FINDINGS.md`: oneDNN or banded convolutions, stored ResNet
+activations, batch norm as one multiply-add); with --plain its train and
+eval steps are traced inside `cnn.kernels.forms.reference_convolutions()`
 (`benchmarks.cpu_speedups.plain`), i.e. the naive network, for the "before"
 of the ablation. XLA's persistent compilation cache is off unless
 --compilation_cache_dir is given, so `compile` is a cold compile.
@@ -50,6 +50,8 @@ import json, os, sys, time
 t_start = time.time()
 sys.path.insert(0, {repo!r})
 import importlib.util
+from cnn import host_memory
+host_memory.keep_freed_memory()  # as main.py, before JAX starts
 import jax
 import input_pipeline
 from cnn import train

@@ -22,9 +22,8 @@ instead:
              with the optimizer and schedule of `configs/default.py`; the
              models as committed, i.e. with the forms of
              `benchmarks/FINDINGS.md` (oneDNN or banded convolutions,
-             materialised ResNet convolution inputs, batch norm as one
-             multiply-add).
-  jax_plain  the same step traced inside `cnn.layers.reference_convolutions()`
+             stored ResNet activations, batch norm as one multiply-add).
+  jax_plain  the same step traced inside `forms.reference_convolutions()`
              (`benchmarks.cpu_speedups.plain`): the naive network, lax.conv
              everywhere, no materialisation, flax's batch norm (the "before"
              of the ablation).
@@ -72,7 +71,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from benchmarks import cpu_speedups, torch_models  # noqa: E402
-from cnn import optim, sharding, steps, train  # noqa: E402
+from cnn import host_memory, optim, sharding, steps, train  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
 # Steps per round for each model (about one second of work per variant: in
@@ -259,13 +258,11 @@ def measure(runners: list[Runner], steps_per_round: int, rounds: int,
   Untimed rounds warm every variant up first, until a round faults fewer
   than `WARM_FAULTS_PER_STEP` pages per step (at most `MAX_WARMUP_ROUNDS`): a
   JAX step's heap reaches its size only over the first steps after
-  compilation (ResNet-56: 1.2 to 2.8 GB in 6 steps, faulting 200,000 fresh
-  pages per step meanwhile). `pause_s` of idle time before each timed run
+  compilation, faulting in fresh pages meanwhile (FINDINGS.md section 9). `pause_s` of idle time before each timed run
   lets the previous runner's effects on the machine die down: its threads
   spinning before they sleep, and more on this VM (with the NCHW PyTorch
-  worker in the rotation, a JAX round 0.3 s after it ran 15 % slower than
-  one 1 s after; the worker's threads used no CPU by then; FINDINGS.md
-  section 12).
+  worker in the rotation, a JAX round soon after it ran slower, though the
+  worker's threads used no CPU by then; FINDINGS.md section 12).
   """
   for r in runners:
     for _ in range(MAX_WARMUP_ROUNDS):
@@ -369,6 +366,9 @@ def report(model_name: str, shape, runners: list[Runner]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+  # Before JAX first computes: CPU steps then reuse freed memory instead of
+  # faulting it in again (cnn/host_memory.py).
+  host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='lenet5,resnet20,resnet56')
   parser.add_argument('--variants',

@@ -2,9 +2,11 @@
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`. `state` holds the arrays
 (step, params, batch_stats, opt_state, rng); `meta` is JSON describing what
-was trained (model, data set, ...), so a workdir holding another experiment
-is refused instead of being silently overwritten, plus a fingerprint of every
-array, so damaged bytes are noticed rather than trained on.
+was trained (model, data set, ...: `cnn/experiment_identity.py`), so a
+workdir holding another experiment is refused instead of being silently
+overwritten, plus a fingerprint of every array
+(`cnn/checkpoint_integrity.py`), so damaged bytes are noticed rather than
+trained on.
 
 Restore walks the saved steps from newest to oldest: a checkpoint that fails
 to restore (truncated, corrupt or half-written) is reported and moved to
@@ -18,59 +20,31 @@ from __future__ import annotations
 
 import collections
 import gc
-import logging as std_logging
 import os
-import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cnn import errors
+from cnn import checkpoint_integrity
+from cnn import experiment_identity as identity_lib
 from cnn.steps import TrainState
+
+# Re-exported: the trainer finds the checkpoint errors, the checksum and the
+# identity check of `restore_latest` here.
+CheckpointCorruptError = checkpoint_integrity.CheckpointCorruptError
+CheckpointMismatchError = identity_lib.CheckpointMismatchError
+fingerprint = checkpoint_integrity.fingerprint
+experiment_identity = identity_lib.experiment_identity
+identity_check = identity_lib.identity_check
 
 # Orbax writes a step to `<step>.orbax-checkpoint-tmp` and renames it when
 # complete; a directory with this in its name is a save that never finished.
 _TMP_MARKER = '.orbax-checkpoint-tmp'
-
-
-class _QuietDamagedReads(std_logging.Filter):
-  """Drops asyncio's "Task exception was never retrieved" for orbax reads.
-
-  Restoring a damaged checkpoint fails in one of orbax's parallel array reads;
-  the sibling reads that fail too are never awaited, and asyncio prints each
-  with a traceback when it is garbage-collected (at a time that depends on
-  the thread schedule). `Checkpointer.restore_latest` already reports the
-  damage in one line, so these are noise.
-  """
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    message = record.getMessage()
-    if 'exception was never retrieved' not in message:
-      return True
-    # The task is orbax's read coroutine or asyncio's wrapper around it; the
-    # exception is tensorstore's (DATA_LOSS, a zarr/OCDBT read error).
-    return not any(mark in message for mark in (
-        'async_deserialize', 'DATA_LOSS', 'OCDBT', '.zarray'))
-
-
-std_logging.getLogger('asyncio').addFilter(_QuietDamagedReads())
-
-# Odd constants (murmur3, golden ratio): multiplying by an odd number is a
-# bijection on uint32, so changing any one word changes the fingerprint.
-_M1, _GOLDEN = 0x85EBCA6B, 0x9E3779B9
-
-
-class CheckpointMismatchError(errors.UserError):
-  """The workdir holds a checkpoint of a different experiment."""
-
-
-class CheckpointCorruptError(RuntimeError):
-  """A checkpoint's arrays read back differently from what was saved."""
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -79,80 +53,66 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
               rng=state.rng)
 
 
-def _words(x: jax.Array) -> jax.Array:
-  """The bits of `x` as a flat uint32 vector (one word per element)."""
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  size = x.dtype.itemsize
-  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
-  if size in unsigned:
-    x = jax.lax.bitcast_convert_type(x, unsigned[size]).astype(jnp.uint32)
-  else:  # 8-byte types (x64 mode) become two words per element.
-    x = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  return x.reshape(-1)
+# ----------------------------------------------------------------------------
+# Layout: which arrays a checkpoint holds.
 
 
-def _leaf_fingerprint(x: jax.Array) -> jax.Array:
-  words = _words(jnp.asarray(x))
-  position = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(_GOLDEN)
-  mixed = (words ^ position) * jnp.uint32(_M1)
-  # uint32 addition wraps and is associative: the sum is the same bit pattern
-  # whatever the reduction order, i.e. on 1 device or 8, in any process.
-  return jnp.sum(mixed ^ (mixed >> jnp.uint32(15)), dtype=jnp.uint32)
+def _array_metadata(path: str) -> Any:
+  """The saved tree of `path` (a step's `state/`), one ArrayMetadata a leaf."""
+  return ocp.StandardCheckpointHandler().metadata(
+      epath.Path(os.path.abspath(path))).tree
 
 
-@jax.jit
-def _fingerprint_leaves(tree) -> list[jax.Array]:
-  return [_leaf_fingerprint(x) for x in jax.tree.leaves(tree)]
+def _layout(tree) -> list[tuple[tuple[int, ...], str]]:
+  """Sorted (shape, dtype name) of every leaf: what a tree holds, not where."""
+  return sorted((tuple(int(d) for d in a.shape), np.dtype(a.dtype).name)
+                for a in jax.tree.leaves(tree))
 
 
-def fingerprint(tree) -> list[int]:
-  """One uint32 checksum of the exact bits of each array leaf of `tree`.
+def _layout_difference(have: list, want: list, limit: int = 3
+                       ) -> tuple[list, list]:
+  """(only in `have`, only in `want`), at most `limit` entries each."""
+  have_count, want_count = collections.Counter(have), collections.Counter(want)
+  return (list((have_count - want_count).elements())[:limit],
+          list((want_count - have_count).elements())[:limit])
 
-  Computed on the devices (no copy of the arrays to the host); independent of
-  sharding and device count. Not cryptographic: it catches damaged files,
-  not deliberate edits.
+
+# ----------------------------------------------------------------------------
+# Quarantine: damaged checkpoints leave `checkpoints/` but are never deleted.
+
+
+def _move_to_damaged(directory: str, name: str) -> str:
+  """Moves `directory/name` into `directory.damaged/`; returns where to.
+
+  A name already taken there gets a suffix (`.1`, `.2`, ...). Only process 0
+  moves files; every process returns the same destination.
   """
-  return [int(v) for v in jax.device_get(_fingerprint_leaves(tree))]
+  damaged = directory + '.damaged'
+  dest = os.path.join(damaged, name)
+  suffix = 0
+  while os.path.exists(dest):
+    suffix += 1
+    dest = os.path.join(damaged, f'{name}.{suffix}')
+  if jax.process_index() == 0:
+    os.makedirs(damaged, exist_ok=True)
+    os.replace(os.path.join(directory, name), dest)
+  return dest
 
 
-def _is_abandoned_read(unraisable) -> bool:
-  """Whether an unraisable exception is debris of a failed orbax restore.
-
-  When one array of a checkpoint fails to read, orbax's event loop ends while
-  the other reads are still in flight. Their late completions report
-  "RuntimeError: Event loop is closed", and their coroutines, collected
-  later, report the read error again; both come with a traceback, through
-  `sys.unraisablehook`, and look like a crash although the failure was
-  handled (and reported once, by `Checkpointer._set_aside`).
-  """
-  value, obj = unraisable.exc_value, unraisable.object
-  if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
-    return True
-  code = getattr(obj, 'cr_code', None)
-  return code is not None and '/orbax/' in code.co_filename.replace('\\', '/')
-
-
-def _quiet_abandoned_reads() -> None:
-  """Wraps `sys.unraisablehook` (once) to drop `_is_abandoned_read` debris."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_abandoned_reads', False):
-    return
-
-  def hook(unraisable):
-    if not _is_abandoned_read(unraisable):
-      previous(unraisable)
-
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
+def _unfinished_saves(directory: str) -> list[str]:
+  """Names in `directory` of saves that never finished (sorted)."""
+  if not os.path.isdir(directory):
+    return []
+  return [n for n in sorted(os.listdir(directory)) if _TMP_MARKER in n]
 
 
 class Checkpointer:
   """Saves and restores `TrainState`s under `workdir/checkpoints`."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    # A damaged checkpoint's failed reads print tracebacks later on; the
+    # restore reports the damage itself, in one line.
+    checkpoint_integrity.install_log_filters()
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -192,8 +152,10 @@ class Checkpointer:
     return self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def restore_latest(self, target: TrainState, check_meta=None
-                     ) -> tuple[TrainState | None, dict[str, Any] | None]:
+  def restore_latest(
+      self, target: TrainState,
+      check_meta: Callable[[dict[str, Any]], None] | None = None,
+  ) -> tuple[TrainState | None, dict[str, Any] | None]:
     """Restores the newest checkpoint that reads back cleanly.
 
     Args:
@@ -207,7 +169,7 @@ class Checkpointer:
       (state, meta), or (None, None) when there is no usable checkpoint.
     """
     # Before the first read: a failed read's debris can arrive at once.
-    _quiet_abandoned_reads()
+    checkpoint_integrity.quiet_abandoned_reads()
     self._set_aside_unfinished()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                             _state_tree(target))
@@ -221,9 +183,7 @@ class Checkpointer:
         check_meta(meta)
       self._check_layout(step, abstract)
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))['state']
-        self._verify(restored, meta)
+        restored = self._read_state(step, abstract, meta)
       except Exception as e:  # pylint: disable=broad-except
         # Orbax raises many kinds of errors for damaged files; none of them
         # should end the run while an older good checkpoint exists.
@@ -231,6 +191,14 @@ class Checkpointer:
         continue
       return target.replace(**restored), meta
     return None, None
+
+  def _read_state(self, step: int, abstract: dict[str, Any],
+                  meta: dict[str, Any]) -> dict[str, Any]:
+    """The arrays of `step`, checked against their saved fingerprint."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))['state']
+    checkpoint_integrity.verify(restored, meta)
+    return restored
 
   def _check_layout(self, step: int, abstract: dict[str, Any]) -> None:
     """Refuses a checkpoint whose arrays are not the ones `target` has.
@@ -244,55 +212,17 @@ class Checkpointer:
       saved = _array_metadata(os.path.join(self.directory, str(step), 'state'))
     except Exception:  # pylint: disable=broad-except
       return
-    layout = lambda tree: sorted(
-        (tuple(int(d) for d in a.shape), np.dtype(a.dtype).name)
-        for a in jax.tree.leaves(tree))
-    have, want = layout(saved), layout(abstract)
-    if have != want:
-      extra = list((collections.Counter(have) - collections.Counter(want)
-                    ).elements())[:3]
-      missing = list((collections.Counter(want) - collections.Counter(have)
-                      ).elements())[:3]
-      raise CheckpointMismatchError(
-          f'The checkpoint at step {step} in {self.directory} holds other '
-          f'arrays than this code builds for the config ({len(have)} saved, '
-          f'{len(want)} expected; (shape, dtype) only saved: {extra}, only '
-          f'expected: {missing}): it was written by another version of the '
-          'model or optimizer code. Nothing was changed. Use a new --workdir, '
-          'or the code that wrote it.')
-
-  @staticmethod
-  def _verify(restored: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Raises if the arrays differ from the fingerprint saved with them.
-
-    Orbax stores no checksums: a flipped byte inside an array file reads back
-    as a wrong number, silently. Checkpoints without a fingerprint (none are
-    written any more) are accepted as they are.
-    """
-    expected = meta.get('fingerprint')
-    if expected is None:
+    have, want = _layout(saved), _layout(abstract)
+    if have == want:
       return
-    found = fingerprint(restored)
-    if found != list(expected):
-      paths = [jax.tree_util.keystr(p) for p, _ in
-               jax.tree_util.tree_flatten_with_path(restored)[0]]
-      bad = [p for p, a, b in zip(paths, found, expected, strict=True)
-             if a != b]
-      raise CheckpointCorruptError(
-          f'the arrays do not match the fingerprint saved with them '
-          f'(differing: {bad or "the number of arrays"})')
-
-  def _move_to_damaged(self, name: str) -> str:
-    damaged = self.directory + '.damaged'
-    dest = os.path.join(damaged, name)
-    suffix = 0
-    while os.path.exists(dest):
-      suffix += 1
-      dest = os.path.join(damaged, f'{name}.{suffix}')
-    if jax.process_index() == 0:
-      os.makedirs(damaged, exist_ok=True)
-      os.replace(os.path.join(self.directory, name), dest)
-    return dest
+    extra, missing = _layout_difference(have, want)
+    raise CheckpointMismatchError(
+        f'The checkpoint at step {step} in {self.directory} holds other '
+        f'arrays than this code builds for the config ({len(have)} saved, '
+        f'{len(want)} expected; (shape, dtype) only saved: {extra}, only '
+        f'expected: {missing}): it was written by another version of the '
+        'model or optimizer code. Nothing was changed. Use a new --workdir, '
+        'or the code that wrote it.')
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves a damaged checkpoint to `checkpoints.damaged/` (kept for a look).
@@ -302,9 +232,9 @@ class Checkpointer:
     """
     # Finalise the failed read's coroutines now, while the filter is still
     # in place (a caller such as pytest may swap the hook out later).
-    _quiet_abandoned_reads()
+    checkpoint_integrity.quiet_abandoned_reads()
     gc.collect()
-    dest = self._move_to_damaged(str(step))
+    dest = _move_to_damaged(self.directory, str(step))
     self._manager.reload()
     logging.warning(
         'Checkpoint at step %d could not be restored (%s: %s). It was moved '
@@ -317,24 +247,14 @@ class Checkpointer:
     Orbax ignores them, but they would stay forever and hold disk space; the
     move keeps the policy that nothing is deleted.
     """
-    if not os.path.isdir(self.directory):
-      return
-    for name in sorted(os.listdir(self.directory)):
-      if _TMP_MARKER in name:
-        dest = self._move_to_damaged(name)
-        logging.warning('Found a half-written checkpoint %s (the process '
-                        'stopped while saving it); moved it to %s.', name,
-                        dest)
+    for name in _unfinished_saves(self.directory):
+      dest = _move_to_damaged(self.directory, name)
+      logging.warning('Found a half-written checkpoint %s (the process '
+                      'stopped while saving it); moved it to %s.', name, dest)
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-
-def _array_metadata(path: str) -> Any:
-  """The saved tree of `path` (a step's `state/`), one ArrayMetadata a leaf."""
-  return ocp.StandardCheckpointHandler().metadata(
-      epath.Path(os.path.abspath(path))).tree
 
 
 def _step_dirs(directory: str) -> list[int]:

@@ -9,9 +9,9 @@ import os
 import ml_collections
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Runs `get_config()` of a config file (as `config_flags` does)."""
-  path, _, arg = path.partition(':')
+def load_config_module(path: str):
+  """The module of a config file (`path`, without any ':ARG')."""
+  path = path.partition(':')[0]
   if not os.path.exists(path):
     raise FileNotFoundError(f'Config file {path!r} does not exist; configs '
                             f'available: {sorted(os.listdir("configs"))}.'
@@ -20,6 +20,13 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location('_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config()` of a config file (as `config_flags` does)."""
+  arg = path.partition(':')[2]
+  module = load_config_module(path)
   return module.get_config(arg) if arg else module.get_config()
 
 

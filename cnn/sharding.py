@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cnn import errors
+from input_pipeline import source_base
 
 DATA_AXIS = 'data'
 
@@ -45,11 +46,5 @@ def check_batch_size(global_batch_size: int, what: str = 'batch size') -> None:
 
 def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh
                      ) -> dict[str, jax.Array]:
-  """Turns this process's slice of a global batch into sharded global arrays.
-
-  Each process passes its own rows (global batch / process count); the result
-  is one array spanning all processes, sharded on the batch axis.
-  """
-  sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
+  """`input_pipeline.source_base.put_global_batch` on the 'data' axis."""
+  return source_base.put_global_batch(local_batch, mesh, DATA_AXIS)

@@ -6,7 +6,12 @@ step (data-parallel over a `Mesh`, buffers donated) and a `jax.jit` eval
 step. Everything that changes lives in a `TrainState`; the data order and the
 dropout randomness are functions of (seed, step), so a run resumed from a
 checkpoint continues exactly where it stopped. It can be called many times in
-one process (the studies do), and re-running it on a workdir resumes.
+one process (the sweeps do): runs that differ only in their seed share one
+`Program` (model, optimizer and compiled steps), so the second seed compiles
+nothing, and re-running it on a workdir resumes.
+
+Reading order: `train_and_evaluate` -> `_set_up` (data, program, state,
+checkpoints) -> `_train_loop` -> `_evaluation_record`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +36,8 @@ import input_pipeline
 from cnn import checkpoint as checkpoint_lib
 from cnn import metrics as metrics_lib
 from cnn import errors, optim, sharding, steps
+from cnn.kernels import forms
 from cnn.models import registry
-
-# Fields that decide what a checkpoint holds: a workdir whose checkpoint
-# differs in these is another experiment and is never overwritten.
-IDENTITY_FIELDS = ('model_name', 'model', 'dtype', 'input.dataset',
-                   'input.image_size', 'optimizer.name', 'schedule.name')
-
 
 # Test sets up to this size (float32 bytes) stay on the devices between evals.
 _EVAL_CACHE_BYTES = 1 << 30
@@ -61,25 +61,7 @@ class RunResult:
   metrics: dict[str, Any]
 
 
-def _field(config: ml_collections.ConfigDict, dotted: str):
-  for part in dotted.split('.'):
-    config = config[part]
-  if isinstance(config, ml_collections.ConfigDict):
-    return config.to_dict()
-  return config
-
-
-# Backbone options that change how the network is computed, not what it is:
-# a run may resume with them changed.
-IMPLEMENTATION_OPTIONS = ('remat', 'conv_impl')
-
-
-def experiment_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  identity = {f: _field(config, f) for f in IDENTITY_FIELDS}
-  identity['model'] = {k: v for k, v in identity['model'].items()
-                       if k not in IMPLEMENTATION_OPTIONS}
-  # Through JSON, as it is stored in the checkpoint (tuples become lists).
-  return json.loads(json.dumps(identity))
+# ----------------------------------------------------------- model and state
 
 
 def _model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
@@ -97,14 +79,12 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int):
                                **_model_kwargs(config, num_classes))
 
 
-def create_train_state(config: ml_collections.ConfigDict, model,
-                       image_shape: tuple[int, int, int], learning_rate_fn,
-                       mesh) -> steps.TrainState:
-  """Initialises parameters directly with replicated sharding."""
-  tx = optim.create_optimizer(config, learning_rate_fn)
-  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
+def _state_initializer(model, tx, image_shape: tuple[int, int, int], mesh
+                       ) -> Callable[[jax.Array], steps.TrainState]:
+  """A jitted `PRNG key -> TrainState`, created directly replicated."""
 
-  def init():
+  def init(key):
+    init_key, dropout_key = jax.random.split(key)
     variables = model.init(
         {'params': init_key, 'dropout': init_key},
         jnp.zeros((1, *image_shape), jnp.float32), train=False)
@@ -115,24 +95,229 @@ def create_train_state(config: ml_collections.ConfigDict, model,
         opt_state=tx.init(params), rng=dropout_key,
         apply_fn=model.apply, tx=tx)
 
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
-def _check_meta(config: ml_collections.ConfigDict, workdir: str):
-  expected = experiment_identity(config)
+def create_train_state(config: ml_collections.ConfigDict, model,
+                       image_shape: tuple[int, int, int], learning_rate_fn,
+                       mesh) -> steps.TrainState:
+  """Initialises parameters directly with replicated sharding."""
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  init = _state_initializer(model, tx, image_shape, mesh)
+  return init(jax.random.PRNGKey(config.seed))
 
-  def check(meta: dict[str, Any]) -> None:
-    found = meta.get('identity', {})
-    diffs = {k: (found.get(k), v) for k, v in expected.items()
-             if found.get(k) != v}
-    if diffs:
-      lines = '; '.join(f'{k}: checkpoint has {a!r}, config asks {b!r}'
-                        for k, (a, b) in diffs.items())
-      raise checkpoint_lib.CheckpointMismatchError(
-          f'{workdir} holds checkpoints of a different experiment ({lines}). '
-          'Nothing was changed. Use a new --workdir, or delete '
-          f'{os.path.join(workdir, "checkpoints")} to start this one afresh.')
-  return check
+
+# ------------------------------------------------------------------- program
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """What runs that differ only in their seed share in one process.
+
+  Attributes:
+    model: the flax module.
+    learning_rate_fn: step -> learning rate (before any plateau scale).
+    init: PRNG key -> replicated `TrainState`.
+    train_step: (state, metrics, step input) -> (state, metrics); the
+      source's `step_batch_fn` turns the step input into the batch inside.
+    eval_step: (state, sums, padded batch) -> sums.
+    learning_rate: jitted `learning_rate_fn` (one compile, not one per op).
+  """
+
+  model: Any
+  learning_rate_fn: Callable
+  init: Callable
+  train_step: Callable
+  eval_step: Callable
+  learning_rate: Callable
+
+
+_PROGRAMS: dict[tuple, Program] = {}
+_MAX_PROGRAMS = 32
+
+
+def _step_with_batch_fn(state, metrics, inputs, *, batch_fn, **step_options):
+  return steps.train_step(state, metrics, batch_fn(inputs, state.step),
+                          **step_options)
+
+
+def get_program(config: ml_collections.ConfigDict, num_classes: int,
+                image_shape: tuple[int, int, int], steps_per_epoch: int,
+                total_steps: int, batch_fn: Callable, mesh) -> Program:
+  """The `Program` of `config`, built once per process for every seed.
+
+  Keyed by everything that decides the compiled computations: the config
+  without its seed, the data shapes, the schedule length, the source's batch
+  function (hashable) and the mesh.
+  """
+  config_key = {k: v for k, v in json.loads(config.to_json_best_effort())
+                .items() if k != 'seed'}
+  key = (json.dumps(config_key, sort_keys=True), num_classes,
+         tuple(image_shape), steps_per_epoch, total_steps, batch_fn, mesh)
+  if key in _PROGRAMS:
+    return _PROGRAMS[key]
+  model = create_model(config, num_classes)
+  learning_rate_fn = optim.create_learning_rate_fn(
+      config, steps_per_epoch, total_steps)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  train_step = functools.partial(
+      _step_with_batch_fn, batch_fn=batch_fn,
+      label_smoothing=config.loss.label_smoothing,
+      aux_weight=config.loss.aux_weight,
+      skip_nonfinite=config.on_nonfinite == 'skip')
+  program = Program(
+      model=model, learning_rate_fn=learning_rate_fn,
+      init=_state_initializer(model, tx, image_shape, mesh),
+      train_step=jax.jit(train_step, donate_argnums=(0, 1)),
+      eval_step=jax.jit(steps.eval_step, donate_argnums=(1,)),
+      learning_rate=jax.jit(learning_rate_fn))
+  if len(_PROGRAMS) >= _MAX_PROGRAMS:
+    _PROGRAMS.pop(next(iter(_PROGRAMS)))
+  _PROGRAMS[key] = program
+  return program
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _fetch(tree) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def _mean(sums: dict[str, float], key: str, count_key: str = 'count') -> float:
+  return sums[key] / sums[count_key] if sums[count_key] else float('nan')
+
+
+def _eval_batches(input_config, batch_size: int, mesh, split: str = 'test'):
+  """A callable yielding a split as padded, masked, sharded batches.
+
+  The test split (or its first `test_subset` examples), or for
+  split='train' the first `train_subset` training examples, unaugmented.
+  Small splits (the offline ones, CIFAR) are put on the devices once and
+  reused by every evaluation; larger ones are streamed each time.
+  """
+  make = functools.partial(
+      input_pipeline.create_eval_batches, input_config, split=split,
+      batch_size=batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  stream = lambda: (sharding.put_global_batch(b, mesh) for b in make())
+  info = input_pipeline.get_dataset_info(
+      input_config.dataset, data_dir=input_config.data_dir,
+      manual_dir=input_config.manual_dir, download=input_config.download,
+      image_size=input_config.image_size)
+  subset = input_config.test_subset if split == 'test' else (
+      input_config.train_subset)
+  num = subset or (info.num_test if split == 'test' else info.num_train)
+  if num * np.prod(info.image_shape) * 4 > _EVAL_CACHE_BYTES:
+    return stream
+  cached = list(stream())
+  return lambda: iter(cached)
+
+
+def evaluate(eval_fn, state, eval_batches, prefix: str = 'test'
+             ) -> dict[str, float]:
+  """Loss and accuracy over every example of `eval_batches()` exactly once,
+  as `{prefix}_loss`, `{prefix}_accuracy`, `{prefix}_count`."""
+  metrics = jax.device_put(steps.empty_eval_metrics(),
+                           jax.tree.leaves(state.step)[0].sharding)
+  for batch in eval_batches():
+    metrics = eval_fn(state, metrics, batch)
+  sums = _fetch(metrics)
+  return {f'{prefix}_loss': _mean(sums, 'loss_sum'),
+          f'{prefix}_accuracy': _mean(sums, 'correct_sum'),
+          f'{prefix}_count': int(sums['count'])}
+
+
+# -------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class _Run:
+  """Everything one `train_and_evaluate` call works with."""
+
+  config: ml_collections.ConfigDict
+  mesh: Any
+  source: input_pipeline.TrainSource
+  eval_sets: dict[str, Callable]  # metrics prefix -> batches
+  program: Program
+  state: steps.TrainState
+  total_steps: int
+  eval_every: int
+  checkpointer: checkpoint_lib.Checkpointer
+  writer: metrics_lib.MetricWriter
+  meta: dict[str, Any]
+  start_time: float
+  last_record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.source.steps_per_epoch
+
+  @property
+  def start_step(self) -> int:
+    return int(jax.device_get(self.state.step))
+
+
+def _load_data(config: ml_collections.ConfigDict, mesh):
+  """(train source, {prefix: eval batches}, DatasetInfo); fails on bad
+  names, sizes or files before anything in the workdir is written."""
+  inp = config.input
+  registry.get_spec(config.model_name)  # unknown names fail before data I/O.
+  info = input_pipeline.get_dataset_info(
+      inp.dataset, data_dir=inp.data_dir, manual_dir=inp.manual_dir,
+      download=inp.download, image_size=inp.image_size)
+  registry.check_input_shape(config.model_name, info.image_shape)
+  sharding.check_batch_size(inp.batch_size)
+  source = input_pipeline.create_train_source(
+      inp, seed=config.seed, global_batch_size=inp.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      mesh=mesh, data_axis=sharding.DATA_AXIS)
+  devices = jax.device_count()
+  eval_batch_size = -(-inp.eval_batch_size // devices) * devices
+  eval_sets = {'test': _eval_batches(inp, eval_batch_size, mesh)}
+  if config.eval_on_train:
+    eval_sets['train_eval'] = _eval_batches(inp, eval_batch_size, mesh,
+                                            split='train')
+  return source, eval_sets, info
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+  """Data, program, state (restored from the workdir's latest checkpoint if
+  it has one), metric writer and checkpointer."""
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.create_mesh()
+  source, eval_sets, info = _load_data(config, mesh)
+  spe = source.steps_per_epoch
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(round(config.num_epochs * spe)))
+  program = get_program(config, info.num_classes, info.image_shape, spe,
+                        total_steps, source.step_batch_fn, mesh)
+  state = program.init(jax.random.PRNGKey(config.seed))
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir,
+                                             keep=config.keep_checkpoints)
+  restored, _ = checkpointer.restore_latest(
+      state, check_meta=checkpoint_lib.identity_check(config, workdir))
+  # After the identity check: a refused workdir gets no new event file.
+  writer = metrics_lib.MetricWriter(workdir)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+  writer.truncate_after(int(jax.device_get(state.step)))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return _Run(
+      config=config, mesh=mesh, source=source, eval_sets=eval_sets,
+      program=program, state=state, total_steps=total_steps,
+      eval_every=max(1, int(round(config.eval_every_epochs * spe))),
+      checkpointer=checkpointer, writer=writer,
+      meta=dict(identity=checkpoint_lib.experiment_identity(config)),
+      start_time=start_time)
+
+
+# ---------------------------------------------------------------------- loop
 
 
 class _StopRequest:
@@ -169,45 +354,125 @@ def _any_process(flag: bool) -> bool:
       np.asarray(flag, np.int32))))
 
 
-def _fetch(tree) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}
+class _Throughput:
+  """Training images/s: counts steps after the first of this process (which
+  compiles) and excludes evaluation and checkpoint time."""
+
+  def __init__(self, step: int, batch_size: int):
+    self.batch_size = batch_size
+    self.compile_time_s: float | None = None
+    self._steps, self._seconds = 0, 0.0
+    self.resume(step)
+
+  def resume(self, step: int) -> None:
+    self._since, self._since_step = time.time(), step
+
+  def first_step_done(self, state, step: int) -> None:
+    jax.block_until_ready(state)
+    self.compile_time_s = time.time() - self._since
+    self.resume(step)
+
+  def pause(self, step: int) -> float:
+    """Ends an interval at `step`; returns its images/s."""
+    seconds = time.time() - self._since
+    self._steps += step - self._since_step
+    self._seconds += seconds
+    return (step - self._since_step) * self.batch_size / max(seconds, 1e-9)
+
+  def examples_per_sec(self) -> float:
+    """Since the last `reset` (the last evaluation)."""
+    if not self._steps:
+      return float('nan')
+    return self._steps * self.batch_size / self._seconds
+
+  def reset(self) -> None:
+    self._steps, self._seconds = 0, 0.0
 
 
-def _mean(sums: dict[str, float], key: str, count_key: str = 'count') -> float:
-  return sums[key] / sums[count_key] if sums[count_key] else float('nan')
+def _check_finite(run: _Run, sums: dict[str, float]) -> None:
+  if not sums['nonfinite_count'] or run.config.on_nonfinite == 'skip':
+    return
+  bad = int(sums['first_nonfinite_step'])
+  good = run.checkpointer.latest_step()
+  where = (f'the last good checkpoint is step {good} in '
+           f'{run.checkpointer.directory}' if good is not None else
+           'no checkpoint had been saved yet')
+  raise NonFiniteLossError(
+      f'Non-finite loss or gradient at step {bad} (the update of step '
+      f'{bad} produced NaN/Inf). The run stopped without saving; {where}. '
+      'Lower --config.optimizer.learning_rate, add --config.optimizer.'
+      'grad_clip_norm=1.0, or set --config.on_nonfinite=skip to skip '
+      'such updates.')
 
 
-def _eval_batches(input_config, batch_size: int, mesh):
-  """A callable yielding the test set as padded, masked, sharded batches.
-
-  Small test sets (the offline ones, CIFAR) are put on the devices once and
-  reused by every evaluation; larger ones are streamed each time.
-  """
-  make = functools.partial(
-      input_pipeline.create_eval_batches, input_config, batch_size=batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  stream = lambda: (sharding.put_global_batch(b, mesh) for b in make())
-  info = input_pipeline.get_dataset_info(
-      input_config.dataset, data_dir=input_config.data_dir,
-      manual_dir=input_config.manual_dir, download=input_config.download,
-      image_size=input_config.image_size)
-  num_test = input_config.test_subset or info.num_test
-  if num_test * np.prod(info.image_shape) * 4 > _EVAL_CACHE_BYTES:
-    return stream
-  cached = list(stream())
-  return lambda: iter(cached)
+def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
+                       throughput: _Throughput) -> dict[str, Any]:
+  """The metrics.jsonl line of an evaluation at `step`."""
+  record = dict(
+      step=step, epoch=step / run.steps_per_epoch,
+      train_loss=_mean(sums, 'loss_sum', 'loss_count'),
+      train_accuracy=_mean(sums, 'correct_sum'),
+      learning_rate=float(run.program.learning_rate(step - 1)) * float(
+          optim.plateau_scale(state.opt_state)),
+      examples_per_sec=throughput.examples_per_sec(),
+      compile_time_s=throughput.compile_time_s,
+      nonfinite_steps=int(sums['nonfinite_count']))
+  for prefix, batches in run.eval_sets.items():
+    record.update(evaluate(run.program.eval_step, state, batches, prefix))
+  record['wall_time_s'] = time.time() - run.start_time
+  return record
 
 
-def evaluate(eval_fn, state, eval_batches) -> dict[str, float]:
-  """Loss and accuracy over every test example exactly once."""
-  metrics = jax.device_put(steps.empty_eval_metrics(),
-                           jax.tree.leaves(state.step)[0].sharding)
-  for batch in eval_batches():
-    metrics = eval_fn(state, metrics, batch)
-  sums = _fetch(metrics)
-  return dict(test_loss=_mean(sums, 'loss_sum'),
-              test_accuracy=_mean(sums, 'correct_sum'),
-              test_count=int(sums['count']))
+def _new_train_metrics(mesh):
+  # Placed like the step's outputs, so the second call hits the same
+  # compiled executable as the first.
+  return jax.device_put(steps.empty_train_metrics(), sharding.replicated(mesh))
+
+
+def _train_loop(run: _Run, stop: _StopRequest, bar) -> tuple[str, int]:
+  """Trains from `run.state` to `run.total_steps`; returns (status, step)."""
+  config, state, step = run.config, run.state, run.start_step
+  inputs = run.source.step_inputs(step)
+  metrics = _new_train_metrics(run.mesh)
+  throughput = _Throughput(step, config.input.batch_size)
+  # Saving is collective: the processes of a multi-process run must stop at
+  # the same step, so they agree on a signal at boundaries all of them reach
+  # (one process alone may have got it, or got it a step later).
+  stop_any_step = jax.process_count() == 1
+  while step < run.total_steps:
+    state, metrics = run.program.train_step(state, metrics, next(inputs))
+    step += 1
+    bar.update(1)
+    if throughput.compile_time_s is None:
+      throughput.first_step_done(state, step)
+    is_eval = step % run.eval_every == 0 or step == run.total_steps
+    is_ckpt = step % config.checkpoint_every_steps == 0
+    if not (is_eval or is_ckpt or step % config.log_every_steps == 0
+            or (stop_any_step and stop.signal_name)):
+      continue
+    # Read once: a signal arriving later in this step must not skip the
+    # save below and still end the run.
+    stopping = _any_process(stop.signal_name is not None)
+    sums = _fetch(metrics)  # the only host sync: at log/eval/ckpt steps.
+    _check_finite(run, sums)
+    images_per_sec = throughput.pause(step)
+    bar.set_postfix(loss=f'{_mean(sums, "loss_sum", "loss_count"):.4f}',
+                    img_s=f'{images_per_sec:.0f}')
+    if is_eval:
+      run.last_record = _evaluation_record(run, state, step, sums,
+                                           throughput)
+      run.writer.write(run.last_record)
+      logging.info('step %d epoch %.2f: %s', step, run.last_record['epoch'],
+                   json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                               for k, v in run.last_record.items()}))
+      metrics = _new_train_metrics(run.mesh)
+      throughput.reset()
+    if is_eval or is_ckpt or stopping:
+      run.checkpointer.save(state, run.meta)
+    throughput.resume(step)
+    if stopping:
+      return 'preempted', step
+  return 'completed', step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -215,174 +480,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Writes `workdir/config.json`, `workdir/metrics.jsonl` (one record per
-  evaluation), TensorBoard events and `workdir/checkpoints/`.
+  evaluation), TensorBoard events and `workdir/checkpoints/`. Convolutions
+  are computed as `config.conv_impl` says (`cnn.kernels.forms`).
   """
-  start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.create_mesh()
-  inp = config.input
-  registry.get_spec(config.model_name)  # unknown names fail before data I/O.
-  info = input_pipeline.get_dataset_info(
-      inp.dataset, data_dir=inp.data_dir, manual_dir=inp.manual_dir,
-      download=inp.download, image_size=inp.image_size)
-  registry.check_input_shape(config.model_name, info.image_shape)
-  sharding.check_batch_size(inp.batch_size)
-  devices = jax.device_count()
-  eval_batch_size = -(-inp.eval_batch_size // devices) * devices
-
-  source = input_pipeline.create_train_source(
-      inp, seed=config.seed, global_batch_size=inp.batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      mesh=mesh, data_axis=sharding.DATA_AXIS)
-  # Loaded before anything in the workdir is written, so that a missing or
-  # corrupt test set fails without touching an existing run.
-  eval_batches = _eval_batches(inp, eval_batch_size, mesh)
-  steps_per_epoch = source.steps_per_epoch
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else int(round(config.num_epochs * steps_per_epoch)))
-  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
-
-  model = create_model(config, info.num_classes)
-  learning_rate_fn = optim.create_learning_rate_fn(
-      config, steps_per_epoch, total_steps)
-  state = create_train_state(config, model, info.image_shape,
-                             learning_rate_fn, mesh)
-
-  checkpointer = checkpoint_lib.Checkpointer(workdir,
-                                             keep=config.keep_checkpoints)
-  meta = dict(identity=experiment_identity(config))
-  restored, _ = checkpointer.restore_latest(
-      state, check_meta=_check_meta(config, workdir))
-  # After the identity check: a refused workdir gets no new event file.
-  writer = metrics_lib.MetricWriter(workdir)
-  if restored is not None:
-    state = restored
-    logging.info('Resumed from the checkpoint at step %d.', int(state.step))
-  start_step = int(jax.device_get(state.step))
-  writer.truncate_after(start_step)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  train_step = jax.jit(
-      functools.partial(
-          steps.train_step, label_smoothing=config.loss.label_smoothing,
-          aux_weight=config.loss.aux_weight,
-          skip_nonfinite=config.on_nonfinite == 'skip'),
-      donate_argnums=(0, 1))
-  if source.pipeline == 'device':
-    # The batch is gathered and augmented inside the compiled step: no host
-    # work per step at all.
-    def device_step(state, metrics, data):
-      batch = source.get_batch(data, config.seed, state.step)
-      return train_step(state, metrics, batch)
-
-    step_fn = jax.jit(device_step, donate_argnums=(0, 1))
-    next_input = lambda: source.data
-  else:
-    step_fn = train_step
-    batches = source.iterator(start_step)
-    next_input = lambda: sharding.put_global_batch(next(batches), mesh)
-
-  eval_fn = jax.jit(steps.eval_step, donate_argnums=(1,))
-
-  replicated = sharding.replicated(mesh)
-  # Start from arrays already placed like the step's outputs, so the second
-  # call hits the same compiled executable as the first.
-  new_train_metrics = lambda: jax.device_put(steps.empty_train_metrics(),
-                                             replicated)
-  metrics = new_train_metrics()
-  lr_at = jax.jit(learning_rate_fn)  # one compile, not one per eager op.
-  last_record: dict[str, Any] = {}
-  # Throughput counts steps after the first of this process (which compiles)
-  # and excludes evaluation and checkpoint time.
-  interval_start, interval_step = time.time(), start_step
-  timed_steps, train_time, compile_time_s = 0, 0.0, None
-  step = start_step
-  status = 'completed'
-  bar = metrics_lib.progress_bar(total_steps, start_step, config.progress_bar)
-
-  def check_finite(sums):
-    if sums['nonfinite_count'] and config.on_nonfinite != 'skip':
-      bad = int(sums['first_nonfinite_step'])
-      good = checkpointer.latest_step()
-      where = (f'the last good checkpoint is step {good} in '
-               f'{checkpointer.directory}' if good is not None else
-               'no checkpoint had been saved yet')
-      raise NonFiniteLossError(
-          f'Non-finite loss or gradient at step {bad} (the update of step '
-          f'{bad} produced NaN/Inf). The run stopped without saving; {where}. '
-          'Lower --config.optimizer.learning_rate, add --config.optimizer.'
-          'grad_clip_norm=1.0, or set --config.on_nonfinite=skip to skip '
-          'such updates.')
-
-  # Saving is collective: the processes of a multi-process run must stop at
-  # the same step, so they agree on a signal at boundaries all of them reach
-  # (one process alone may have got it, or got it a step later).
-  stop_any_step = jax.process_count() == 1
-  with _StopRequest() as stop:
-    try:
-      while step < total_steps:
-        state, metrics = step_fn(state, metrics, next_input())
-        step += 1
-        bar.update(1)
-        if compile_time_s is None:
-          jax.block_until_ready(state)
-          compile_time_s = time.time() - interval_start
-          interval_start, interval_step = time.time(), step
-        is_eval = step % eval_every == 0 or step == total_steps
-        is_log = step % config.log_every_steps == 0
-        is_ckpt = step % config.checkpoint_every_steps == 0
-        if not (is_eval or is_log or is_ckpt
-                or (stop_any_step and stop.signal_name)):
-          continue
-        # Read once: a signal arriving later in this step must not skip the
-        # save below and still end the run.
-        stopping = _any_process(stop.signal_name is not None)
-        # A host sync happens only here, at log/eval/checkpoint boundaries.
-        sums = _fetch(metrics)
-        check_finite(sums)
-        now = time.time()
-        train_time += now - interval_start
-        timed_steps += step - interval_step
-        throughput = (step - interval_step) * inp.batch_size / max(
-            now - interval_start, 1e-9)
-        bar.set_postfix(loss=f'{_mean(sums, "loss_sum", "loss_count"):.4f}',
-                        img_s=f'{throughput:.0f}')
-        if is_eval:
-          record = dict(
-              step=step, epoch=step / steps_per_epoch,
-              train_loss=_mean(sums, 'loss_sum', 'loss_count'),
-              train_accuracy=_mean(sums, 'correct_sum'),
-              learning_rate=float(lr_at(step - 1)) * float(
-                  optim.plateau_scale(state.opt_state)),
-              examples_per_sec=(timed_steps * inp.batch_size / train_time
-                                if timed_steps else float('nan')),
-              compile_time_s=compile_time_s,
-              nonfinite_steps=int(sums['nonfinite_count']))
-          record.update(evaluate(eval_fn, state, eval_batches))
-          record['wall_time_s'] = time.time() - start_time
-          writer.write(record)
-          last_record = record
-          logging.info('step %d epoch %.2f: %s', step, record['epoch'],
-                       json.dumps({k: round(v, 4) if isinstance(v, float)
-                                   else v for k, v in record.items()}))
-          metrics = new_train_metrics()
-          timed_steps, train_time = 0, 0.0
-        if is_eval or is_ckpt or stopping:
-          checkpointer.save(state, meta)
-        interval_start, interval_step = time.time(), step
-        if stopping:
-          status = 'preempted'
-          break
-    finally:
-      bar.close()
-      checkpointer.close()
-      writer.close()
+  with forms.use_conv_impl(config.conv_impl):
+    run = _set_up(config, workdir)
+    bar = metrics_lib.progress_bar(run.total_steps, run.start_step,
+                                   config.progress_bar)
+    with _StopRequest() as stop:
+      try:
+        status, step = _train_loop(run, stop, bar)
+      finally:
+        bar.close()
+        run.checkpointer.close()
+        run.writer.close()
   if status == 'preempted':
     logging.warning('Stopped by %s at step %d; the checkpoint is saved. Run '
                     'the same command again to resume.',
                     stop.signal_name or 'a signal to another process', step)
-  if not last_record:
-    last_record = (metrics_lib.read_metrics(workdir) or [{}])[-1]
+  last_record = run.last_record or (
+      metrics_lib.read_metrics(workdir) or [{}])[-1]
   return RunResult(status=status, step=step, metrics=last_record)

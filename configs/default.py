@@ -1,21 +1,35 @@
 """LeNet-5 on Fashion-MNIST, offline: the default experiment.
 
     python main.py --config=configs/default.py --workdir=runs/default
+    python main.py --config=configs/default.py:runlocal --workdir=/tmp/tiny
 
 The recipe (batch norm after both convolutions, ReLU, max-pool, random
 horizontal flips, label smoothing 0.1, AdamW with a one-cycle schedule) keeps
 the seeds' LeNet-5 sizes (61,706 weights; batch norm replaces the two conv
 biases by 44 scale/shift parameters) and reaches >= 91 % test accuracy.
-Other configs start from this one and change a few fields.
+Other configs start from this one and change a few fields. `:runlocal` is
+the same experiment shrunk to seconds (512 training examples, 2 epochs): the
+tests build from it.
 """
 
 import ml_collections
 
 from cnn.models import registry
 
+# Arguments of `get_config` (`--config=configs/default.py:<variant>`).
+VARIANTS = ('runlocal',)
 
-def get_config() -> ml_collections.ConfigDict:
-  """The default experiment; every field is listed here (configs are locked)."""
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The default experiment; every field is listed here (configs are locked).
+
+  Args:
+    arg: None for the full run, or 'runlocal' for the same config shrunk to
+      a few seconds of CPU (`--config=configs/default.py:runlocal`).
+  """
+  if arg not in (None, *VARIANTS):
+    raise ValueError(f'Unknown variant {arg!r} of configs/default.py; valid: '
+                     f'{list(VARIANTS)} (or none).')
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -27,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
       dict(registry.backbone_options('lenet5'), batch_norm=True))
   config.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'.
+  # How convolutions are computed ('auto', 'xla', 'banded', 'onednn'; or env
+  # CNN_CONV_IMPL): not part of the experiment.
+  config.conv_impl = 'auto'
   config.head_dropout = -1.0  # < 0: the model's own default.
 
   config.input = ml_collections.ConfigDict()
@@ -59,11 +76,19 @@ def get_config() -> ml_collections.ConfigDict:
   # 'reduce_on_plateau'.
   config.schedule.name = 'onecycle'
   config.schedule.warmup_epochs = 0.0
+  config.schedule.warmup_steps = -1  # >= 0 overrides warmup_epochs.
+  # 'linear' (0 -> peak) or 'constant' (peak * warmup_factor, He et al.'s
+  # ResNet-110 warm-up).
+  config.schedule.warmup_kind = 'linear'
+  config.schedule.warmup_factor = 0.1
   config.schedule.final_fraction = 0.0  # cosine: final lr / peak lr.
   config.schedule.onecycle_pct_start = 0.3
   config.schedule.onecycle_div_factor = 25.0
   config.schedule.onecycle_final_div_factor = 1e4
   config.schedule.decay_epochs = (30, 60, 80)  # step: when to decay.
+  # step: boundaries in steps instead (used when not empty).
+  config.schedule.decay_steps = ml_collections.FieldReference(
+      (), field_type=tuple)
   config.schedule.decay_factor = 0.1  # step: multiplier at each boundary.
   config.schedule.plateau_factor = 0.1  # reduce_on_plateau (AlexNet: /10).
   config.schedule.plateau_patience = 5  # in accumulation windows.
@@ -81,8 +106,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # > 0 overrides num_epochs.
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0
+  # Also evaluate the training examples (eval mode, no augmentation) at every
+  # evaluation: `train_eval_accuracy`, the training error the studies plot.
+  config.eval_on_train = False
   config.checkpoint_every_steps = 1000  # plus one at every evaluation.
   config.keep_checkpoints = 3
   config.on_nonfinite = 'stop'  # 'stop' the run or 'skip' the update.
   config.progress_bar = True  # shown only when stderr is a terminal.
+  if arg == 'runlocal':
+    _shrink(config)
   return config
+
+
+def _shrink(config: ml_collections.ConfigDict) -> None:
+  """`runlocal`: seconds instead of minutes, 16 steps an epoch, 2 epochs."""
+  config.input.train_subset = 512
+  config.input.test_subset = 1000
+  config.input.batch_size = 32
+  config.input.eval_batch_size = 384  # does not divide 1,000: tests padding.
+  config.num_epochs = 2.0
+  config.log_every_steps = 8
+  config.checkpoint_every_steps = 8
+  config.progress_bar = False

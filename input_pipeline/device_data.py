@@ -5,20 +5,22 @@ is 47 MB). Each step gathers its examples by index (`ordering.py`), converts
 to float, augments (`augment.py`) and normalises, all in the same XLA program
 as the model, so the host does no per-step work. No TensorFlow involved.
 
-Typical use in a trainer:
+Typical use in a trainer (the `TrainSource` protocol, which the tf.data
+source speaks too):
 
-  source = create_train_source(config.input, seed=config.seed,
-                               global_batch_size=config.input.batch_size,
-                               mesh=mesh)
-  @jax.jit
-  def train_step(state, data, step):
-    batch = source.get_batch(data, config.seed, step)  # sharded over 'data'
+  source = create_train_source(config.input, seed=config.seed, mesh=mesh)
+  @functools.partial(jax.jit, static_argnames='batch_fn')
+  def train_step(state, inputs, batch_fn):
+    batch = batch_fn(inputs, state.step)  # sharded over 'data'
     ...
-  state = train_step(state, source.data, step)
+  for inputs in source.step_inputs(start_step):
+    state = train_step(state, inputs, batch_fn=source.step_batch_fn)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from typing import Any, Iterator
 
 import jax
@@ -87,6 +89,29 @@ _global_batch_jit = jax.jit(
     static_argnames=('global_batch_size', 'augment_items', 'mean', 'std'))
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceBatchFn:
+  """`((data, seed), step) -> global batch`, traced inside the train step.
+
+  Hashable and compared by value: jitted steps of two sources with the same
+  settings (the seeds of one sweep) share one compilation.
+  """
+
+  global_batch_size: int
+  augment_items: tuple
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  batch_sharding: NamedSharding
+
+  def __call__(self, inputs: tuple[dict[str, jax.Array], jax.Array],
+               step: Any) -> dict[str, jax.Array]:
+    data, seed = inputs
+    batch = _global_batch(
+        data, seed, step, global_batch_size=self.global_batch_size,
+        augment_items=self.augment_items, mean=self.mean, std=self.std)
+    return jax.lax.with_sharding_constraint(batch, self.batch_sharding)
+
+
 class DeviceSource(source_base.SourceBase):
   """Train source whose batches are computed on device from (seed, step).
 
@@ -100,6 +125,7 @@ class DeviceSource(source_base.SourceBase):
     data: {'image': uint8 [N, H, W, C], 'label': int32 [N]} on device; pass
       it to the jitted step as an argument (a closure would bake 47 MB of
       constants into the program).
+    step_batch_fn: a `DeviceBatchFn`; `step_inputs` yields its inputs.
   """
 
   pipeline = 'device'
@@ -126,6 +152,20 @@ class DeviceSource(source_base.SourceBase):
         'image': _put_replicated(np.asarray(images, np.uint8), replicated),
         'label': _put_replicated(np.asarray(labels, np.int32), replicated),
     }
+    # uint32: a traced Python int would be int32 and overflow for large
+    # seeds; the low 32 bits are what the order uses anyway.
+    self._seed_array = _put_replicated(
+        np.asarray(self.seed & 0xFFFFFFFF, np.uint32), replicated)
+    self.step_batch_fn = DeviceBatchFn(
+        self.global_batch_size, tuple(sorted(self.augment_config.items())),
+        self._mean, self._std, self.batch_sharding)
+
+  def step_inputs(self, start_step: int = 0
+                  ) -> Iterator[tuple[dict[str, jax.Array], jax.Array]]:
+    """What the train step of every step from `start_step` gets: always the
+    data on device and the seed (the step picks its batch by index)."""
+    del start_step
+    return itertools.repeat((self.data, self._seed_array))
 
   def _get_global_batch(self, data: dict[str, jax.Array], key_or_seed: Any,
                         step: Any) -> dict[str, jax.Array]:

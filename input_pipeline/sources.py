@@ -5,22 +5,25 @@
             (`device_data.DeviceSource`; no TensorFlow);
   'tfdata': batches from tf.data on the host (`tfdata.TfDataSource`).
 Both give the same examples in the same order for a (seed, step), both yield
-numpy batches through `iterator(start_step)`, and both expose
-`steps_per_epoch`, `num_examples`, `global_batch_size`, `local_batch_size`
-and `info`.
+numpy batches through `iterator(start_step)`, and both feed a train step the
+same way: `step_inputs(start_step)` yields each step's input and the step
+calls `step_batch_fn(input, step)` inside `jax.jit` to get its batch (the
+device source yields the data and seed and gathers in the step; tf.data yields
+the batches). Both expose `steps_per_epoch`, `num_examples`,
+`global_batch_size`, `local_batch_size` and `info`.
 
 Input config fields (ml_collections.ConfigDict or dict):
   dataset (str), data_dir (str|None), pipeline ('device'|'tfdata'),
   batch_size (global), eval_batch_size, augment (see
   `augment.default_augment_config`), train_subset / test_subset (first N
   examples, 0 = all), image_size (0 = native, else square resize),
-  manual_dir (tfds manual_dir), download (optional, default False: let tfds
-  download names that are not local).
+  manual_dir (tfds manual_dir), download (let tfds download names that are
+  not local). Every field must be present.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -41,15 +44,27 @@ class TrainSource(Protocol):
 
   def iterator(self, start_step: int = 0
                ) -> Iterator[dict[str, np.ndarray]]:
-    ...
+    """This process's numpy batches from `start_step` on (infinite)."""
+
+  def step_inputs(self, start_step: int = 0) -> Iterator[Any]:
+    """The input of each train step from `start_step` on (infinite): device
+    arrays to pass to the jitted step as an argument."""
+
+  @property
+  def step_batch_fn(self) -> Callable[[Any, Any], dict[str, Any]]:
+    """`(step input, step) -> global batch` {'image': float32 [B, H, W, C],
+    'label': int32 [B]}, traced inside the step; hashable (a static argument
+    of `jax.jit`), equal for sources with equal settings."""
 
 
-def _field(config: Any, name: str, default: Any = None) -> Any:
-  if config is None:
-    return default
-  if hasattr(config, 'get'):
-    return config.get(name, default)
-  return getattr(config, name, default)
+def _field(config: Any, name: str) -> Any:
+  """`config[name]`; a missing field fails (no silent default)."""
+  try:
+    return config[name]
+  except (KeyError, AttributeError):
+    raise errors.InputConfigError(
+        f'config.input.{name} is missing; every input field of '
+        'configs/default.py must be set.') from None
 
 
 def _load(input_config: Any, split: str, subset_field: str
@@ -60,10 +75,10 @@ def _load(input_config: Any, split: str, subset_field: str
   common = dict(
       data_dir=_field(input_config, 'data_dir'),
       manual_dir=_field(input_config, 'manual_dir'),
-      download=bool(_field(input_config, 'download', False)))
-  image_size = int(_field(input_config, 'image_size', 0) or 0)
+      download=bool(_field(input_config, 'download')))
+  image_size = int(_field(input_config, 'image_size') or 0)
   images, labels = datasets.load_split(
-      name, split, subset=int(_field(input_config, subset_field, 0) or 0),
+      name, split, subset=int(_field(input_config, subset_field) or 0),
       image_size=image_size, **common)
   info = datasets.get_dataset_info(name, image_size=image_size, **common)
   return images, labels, info
@@ -84,14 +99,14 @@ def create_train_source(input_config: Any, *, seed: int,
       `input_config.batch_size`).
     process_index, process_count: this process and how many feed the global
       batch (`jax.process_index()`, `jax.process_count()`).
-    mesh, data_axis: 'device' pipeline only: the `jax.sharding.Mesh` to
-      replicate the data over and the axis to shard batches along (default:
-      all devices on one axis 'data').
+    mesh, data_axis: the `jax.sharding.Mesh` that `step_inputs` places its
+      arrays on and the axis batches are sharded along (default: all devices
+      on one axis 'data'); the device pipeline replicates the data over it.
 
   Returns:
     A `device_data.DeviceSource` or `tfdata.TfDataSource`.
   """
-  pipeline = _field(input_config, 'pipeline', 'device')
+  pipeline = _field(input_config, 'pipeline')
   if pipeline not in PIPELINES:
     raise errors.InputConfigError(
         f'config.input.pipeline must be one of {PIPELINES}, got {pipeline!r}.')
@@ -107,7 +122,8 @@ def create_train_source(input_config: Any, *, seed: int,
                                     data_axis=data_axis, **common)
   # Imports TensorFlow; only reached when tf.data was asked for.
   from input_pipeline import tfdata
-  return tfdata.TfDataSource(images, labels, **common)
+  return tfdata.TfDataSource(images, labels, mesh=mesh, data_axis=data_axis,
+                             **common)
 
 
 def create_eval_batches(input_config: Any, *, split: str = 'test',

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import jax
 import numpy as np
 
 from input_pipeline import (_tf, augment, augment_tf, ordering, preprocess,
@@ -36,19 +37,23 @@ class TfDataSource(source_base.SourceBase):
     global_batch_size: examples per step over all processes.
     local_batch_size: rows this process yields per step.
     steps_per_epoch: num_examples // global_batch_size.
+    step_batch_fn: `batch_as_given`: `step_inputs` yields the batches.
   """
 
   pipeline = 'tfdata'
+  step_batch_fn = staticmethod(source_base.batch_as_given)
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, *, info: Any,
                global_batch_size: int, augment_config: Any = None,
                seed: int = 0, process_index: int = 0, process_count: int = 1,
-               prefetch: int = tf.data.AUTOTUNE):
+               prefetch: int = tf.data.AUTOTUNE, mesh: Any = None,
+               data_axis: str = 'data'):
     super().__init__(
         images.shape[0], info=info, global_batch_size=global_batch_size,
         augment_config=augment_config, seed=seed, process_index=process_index,
         process_count=process_count)
     self._prefetch = prefetch
+    self._mesh, self._data_axis = mesh, data_axis
     # One host copy shared by all map calls (captured by reference).
     self._images = tf.constant(np.asarray(images, np.uint8))
     self._labels = tf.constant(np.asarray(labels, np.int32))
@@ -99,3 +104,13 @@ class TfDataSource(source_base.SourceBase):
   def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of this process from `start_step` on (infinite)."""
     return self.dataset(start_step).as_numpy_iterator()
+
+  def step_inputs(self, start_step: int = 0
+                  ) -> Iterator[dict[str, Any]]:
+    """Global batches from `start_step` on, sharded over the mesh's data
+    axis (each process contributes its own rows)."""
+    mesh = self._mesh
+    if mesh is None:
+      mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (self._data_axis,))
+    for batch in self.iterator(start_step):
+      yield source_base.put_global_batch(batch, mesh, self._data_axis)

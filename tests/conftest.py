@@ -1,9 +1,16 @@
-"""Shared pytest set-up: keep XLA and TensorFlow quiet and on the CPU."""
+"""Shared pytest set-up: keep XLA and TensorFlow quiet and on the CPU, and
+keep freed host memory as training does."""
 
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+from cnn import host_memory  # noqa: E402
+
+# As main.py does, before JAX's threads first allocate: without it every CPU
+# step of the suite faults its buffers in again (cnn/host_memory.py).
+host_memory.keep_freed_memory()
 
 import jax  # noqa: E402
 

@@ -1,4 +1,9 @@
-"""Tiny configs, subprocess helpers and a convolution check for the tests."""
+"""Tiny configs, subprocess helpers and a convolution check for the tests.
+
+In-process tests build `tiny_config(**overrides)`; subprocesses run
+`main.py` with `main_args(workdir, overrides)`. Both start from
+`configs/default.py:runlocal`, so the two train the same thing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,20 +22,20 @@ import numpy as np
 from configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The --config of a subprocess that trains what `tiny_config()` builds.
+TINY_CONFIG = 'configs/default.py:runlocal'
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """The default LeNet-5 config shrunk to seconds: 512 training examples,
-  batch 32, 2 epochs, 1,000 test examples, evaluation every epoch."""
-  config = default.get_config()
-  config.input.train_subset = 512
-  config.input.test_subset = 1000
-  config.input.batch_size = 32
-  config.input.eval_batch_size = 384  # does not divide 1,000: tests padding.
-  config.num_epochs = 2.0
-  config.log_every_steps = 8
-  config.checkpoint_every_steps = 8
-  config.progress_bar = False
+  """`configs/default.py:runlocal` (512 training examples, batch 32, 2 epochs,
+  1,000 test examples, evaluation every epoch) with `overrides`, locked.
+
+  Args:
+    **overrides: dotted field names and values, e.g.
+      `tiny_config(**{'model.activation': 'tanh'}, num_epochs=1.0)`: the same
+      fields a subprocess sets with `--config.model.activation=tanh`.
+  """
+  config = default.get_config('runlocal')
   for dotted, value in overrides.items():
     node = config
     *parents, leaf = dotted.split('.')
@@ -38,6 +44,31 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     node[leaf] = value
   config.lock()
   return config
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = ''
+          ) -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def runlocal_fields() -> dict[str, Any]:
+  """{dotted field: value} of what `runlocal` changes in the default config,
+  to shrink another config file the same way from the command line."""
+  full = _flat(default.get_config())
+  tiny = _flat(default.get_config('runlocal'))
+  return {k: v for k, v in tiny.items() if full[k] != v}
+
+
+def main_args(workdir, overrides: dict[str, Any] | None = None) -> list[str]:
+  """main.py flags training `tiny_config(**overrides)` in `workdir`."""
+  return ([f'--config={TINY_CONFIG}', f'--workdir={workdir}']
+          + [f'--config.{k}={v}' for k, v in (overrides or {}).items()])
 
 
 def run_main(args: list[str], *, env: dict[str, str] | None = None,

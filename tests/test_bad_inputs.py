@@ -16,14 +16,11 @@ import pytest
 
 from cnn import train
 from input_pipeline import idx
+from tests import helpers
 from tests.helpers import file_digests, run_main, tiny_config
 
-TINY_FLAGS = {
-    'input.train_subset': 512, 'input.test_subset': 1000,
-    'input.batch_size': 32, 'input.eval_batch_size': 384,
-    'num_epochs': 1.0, 'log_every_steps': 8, 'checkpoint_every_steps': 8,
-    'progress_bar': False,
-}
+# The trained workdir's run: runlocal for one epoch.
+ONE_EPOCH = {'num_epochs': 1.0}
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
 
@@ -31,7 +28,7 @@ EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 def trained_workdir(tmp_path_factory) -> str:
   """A workdir with checkpoints (8, 16) of `tiny_config(num_epochs=1)`."""
   workdir = str(tmp_path_factory.mktemp('bad_inputs') / 'run')
-  train.train_and_evaluate(tiny_config(num_epochs=1.0), workdir)
+  train.train_and_evaluate(tiny_config(**ONE_EPOCH), workdir)
   assert os.listdir(os.path.join(workdir, 'checkpoints'))
   return workdir
 
@@ -44,9 +41,12 @@ def fails_cleanly(trained_workdir):
   """
   before = file_digests(trained_workdir)
 
-  def run(*extra: str, config: str = 'configs/default.py',
+  def run(*extra: str, config: str = helpers.TINY_CONFIG,
           env: dict[str, str] | None = None) -> str:
-    flags = [f'--config.{k}={v}' for k, v in TINY_FLAGS.items()]
+    # Another config file is shrunk as runlocal shrinks the default one.
+    shrink = {} if config == helpers.TINY_CONFIG else helpers.runlocal_fields()
+    fields = dict(shrink, **ONE_EPOCH)
+    flags = [f'--config.{k}={v}' for k, v in fields.items()]
     result = run_main([f'--config={config}', f'--workdir={trained_workdir}',
                        *flags, *extra], env=env)
     err = result.stderr

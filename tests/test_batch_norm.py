@@ -1,4 +1,4 @@
-"""`cnn.layers.BatchNorm` against `flax.linen.BatchNorm`: the same layer
+"""`cnn.kernels.forms.BatchNorm` against `flax.linen.BatchNorm`: the same layer
 (variables, outputs, gradients, running averages), applied in a form that
 keeps one activation fewer for the backward pass."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import layers
+from cnn.kernels import forms
 
 # Non-zero mean and non-unit spread per channel, as a convolution's output.
 X = jnp.asarray(np.random.default_rng(0).normal(
@@ -20,7 +20,7 @@ X = jnp.asarray(np.random.default_rng(0).normal(
 
 def _both(**kwargs):
   return (nn.BatchNorm(momentum=0.9, **kwargs),
-          layers.BatchNorm(momentum=0.9, **kwargs))
+          forms.BatchNorm(momentum=0.9, **kwargs))
 
 
 def _train_step(module, variables, x):
@@ -100,7 +100,7 @@ def test_statistics_over_a_named_axis_match_flax():
 def test_reference_mode_is_flax_batch_norm_exactly():
   reference, ours = _both()
   variables = reference.init(jax.random.key(0), X, use_running_average=False)
-  with layers.reference_convolutions():
+  with forms.reference_convolutions():
     got = _train_step(ours, variables, X)
   expected = _train_step(reference, variables, X)
   for e, g in zip(jax.tree_util.tree_leaves(expected),
@@ -146,5 +146,5 @@ def test_gradient_program_keeps_one_activation_fewer_per_layer():
     return compiled.memory_analysis().temp_size_in_bytes
 
   flax_bytes, ours_bytes = temp_bytes(nn.BatchNorm), temp_bytes(
-      layers.BatchNorm)
+      forms.BatchNorm)
   assert ours_bytes <= flax_bytes - 3 * x.nbytes, (ours_bytes, flax_bytes)

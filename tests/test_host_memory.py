@@ -1,6 +1,7 @@
 """The glibc malloc settings of cnn/host_memory.py, which keep a CPU step
 free of page faults: checked in child processes, since they must be set
-before JAX's threads first allocate."""
+before JAX's threads first allocate, and only by an entry point that asks
+(importing `cnn` changes no process setting)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
-import cnn
-from cnn import host_memory
 
 
 def _run_child(code: str, keep: str) -> str:
@@ -23,16 +21,31 @@ def _run_child(code: str, keep: str) -> str:
   return out.stdout.strip().splitlines()[-1]
 
 
-def test_importing_cnn_applies_the_malloc_settings():
+_IMPORT_THEN_APPLY = textwrap.dedent('''
+    import cnn, cnn.checkpoint, cnn.summary, cnn.train
+    from cnn import host_memory
+    imported = host_memory._applied
+    print(imported, host_memory.keep_freed_memory(), host_memory._applied,
+          host_memory.keep_freed_memory())
+''')
+
+
+def test_importing_cnn_changes_nothing_and_keep_freed_memory_applies():
   if not sys.platform.startswith('linux'):
     pytest.skip('glibc only')
-  assert cnn.host_memory._applied
-  assert host_memory.keep_freed_memory()  # idempotent
+  # Importing the library (trainer included) leaves glibc's defaults; the
+  # call applies the settings, and a second call is a no-op that says so.
+  assert _run_child(_IMPORT_THEN_APPLY, 'auto').split() == [
+      'False', 'True', 'True', 'True']
+  assert _run_child(_IMPORT_THEN_APPLY, '0').split() == [
+      'False', 'False', 'False', 'False']
 
 
 _FAULTS_PER_CALL = textwrap.dedent('''
     import resource
-    import cnn  # applies (or, with CNN_KEEP_FREED_MEMORY=0, skips) the settings
+    from cnn import host_memory
+    # Applies (or, with CNN_KEEP_FREED_MEMORY=0, skips) the settings.
+    host_memory.keep_freed_memory()
     import jax, jax.numpy as jnp
 
     @jax.jit
@@ -49,7 +62,7 @@ _FAULTS_PER_CALL = textwrap.dedent('''
       f(x).block_until_ready()
       faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     # median: a call now and then may grow the heap
-    print(cnn.host_memory._applied, sorted(faults)[5])
+    print(host_memory._applied, sorted(faults)[5])
 ''')
 
 
@@ -74,7 +87,8 @@ def test_kept_memory_removes_the_page_faults_of_each_step():
 
 _HEAP_AFTER_A_LARGE_FREE = textwrap.dedent('''
     import ctypes
-    import cnn
+    from cnn import host_memory
+    host_memory.keep_freed_memory()
     libc = ctypes.CDLL('libc.so.6')
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
@@ -90,7 +104,7 @@ _HEAP_AFTER_A_LARGE_FREE = textwrap.dedent('''
     block = libc.malloc(3 << 30)  # never touched: costs address space only
     grown = heap_bytes()
     libc.free(block)
-    print(cnn.host_memory._applied, grown, heap_bytes())
+    print(host_memory._applied, grown, heap_bytes())
 ''')
 
 

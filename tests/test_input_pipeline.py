@@ -46,7 +46,8 @@ def _input_config(**overrides):
   config = dict(dataset='fashion_mnist', data_dir=None, pipeline='device',
                 batch_size=128, eval_batch_size=384,
                 augment=ip.default_augment_config(), train_subset=0,
-                test_subset=0, image_size=0, manual_dir=None)
+                test_subset=0, image_size=0, manual_dir=None,
+                download=False)
   config.update(overrides)
   return config
 

@@ -47,7 +47,12 @@ def test_parameter_groups_follow_the_stages():
 
 
 def test_replace_head_keeps_the_backbone_and_resizes_the_head():
-  model, variables = _init('resnet20', (32, 32, 3))
+  model, initial = _init('resnet20', (32, 32, 3))
+  # Statistics as training leaves them: the initial ones (mean 0, variance
+  # 1) are what a fresh head's initialisation makes too, so keeping them
+  # would prove nothing.
+  variables = dict(initial, batch_stats=jax.tree.map(
+      lambda s: 1.5 * s + 0.25, initial['batch_stats']))
   new_model, new_vars = base.replace_head(
       model, variables, 7, jax.random.key(5), (32, 32, 3))
   assert new_vars['params']['head']['kernel'].shape == (64, 7)
@@ -55,10 +60,16 @@ def test_replace_head_keeps_the_backbone_and_resizes_the_head():
                       variables['params']['backbone'],
                       new_vars['params']['backbone'])
   assert all(jax.tree.leaves(same))
-  assert jax.tree.leaves(new_vars['batch_stats'])  # statistics carried over.
+  kept = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                      variables['batch_stats'], new_vars['batch_stats'])
+  assert jax.tree.leaves(kept) and all(jax.tree.leaves(kept))
+  reset = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                       initial['batch_stats'], new_vars['batch_stats'])
+  assert not any(jax.tree.leaves(reset))
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   logits, _ = new_model.apply(new_vars, x)
   assert logits.shape == (2, 7)
+  # Evaluation uses the statistics: the features are those of the old model.
   old_pre, _ = model.apply(variables, x, method='features')
   new_pre, _ = new_model.apply(new_vars, x, method='features')
   np.testing.assert_array_equal(old_pre, new_pre)

@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn import errors, summary
 from cnn.models import mobilenet, registry
 
 IMAGENET = [
     'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
     'plain18', 'plain34', 'plain50', 'plain101', 'plain152',
+    'resnet50_v1', 'resnet101_v1', 'resnet152_v1',
     'densenet121', 'mobilenet_v2', 'vit_b16',
 ] + [f'efficientnet_b{i}' for i in range(8)]
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
@@ -234,6 +236,77 @@ def test_zero_init_residual():
   with pytest.raises(ValueError, match='residual'):
     bad = registry.create_model('plain20', zero_init_residual=True)
     abstract_init(bad, (32, 32, 3))
+
+
+# He et al.'s table 1 ("FLOPs" = multiply-adds, G) and our exact counts of
+# the v1 layout (incl. the FC head); v1.5 (`resnetN`) does 231,211,008 more.
+RESNET_V1_MACS = {50: (3.8, 3_857_973_248), 101: (7.6, 7_570_194_432),
+                  152: (11.3, 11_282_415_616)}
+
+
+@pytest.mark.parametrize('depth', sorted(RESNET_V1_MACS))
+def test_resnet_v1_has_the_papers_multiply_adds_and_v1_5s_parameters(depth):
+  paper, exact = RESNET_V1_MACS[depth]
+  v1 = summary.summarize(f'resnet{depth}_v1')
+  v1_5 = summary.summarize(f'resnet{depth}')
+  assert v1.totals['macs'] == exact
+  assert abs(exact / 1e9 - paper) <= 0.1
+  # Only the three strided 1x1 convs differ: 3/4 of their work is gone.
+  assert v1_5.totals['macs'] - exact == 3 * (
+      3 * 56 * 56 * 256 * 128 // 4) == 231_211_008
+  assert v1.layer('stage2_block1/conv1').output_shape == (28, 28, 128)
+  assert v1_5.layer('stage2_block1/conv1').output_shape == (56, 56, 128)
+  _, a = natural(f'resnet{depth}_v1')
+  _, b = natural(f'resnet{depth}')
+  assert (jax.tree.map(lambda x: x.shape, a)
+          == jax.tree.map(lambda x: x.shape, b))
+
+
+def test_stride_on_is_checked():
+  with pytest.raises(errors.UserError, match='stride_on'):
+    abstract_init(registry.create_model('resnet50', stride_on='2x2'),
+                  (32, 32, 3))
+
+
+@pytest.mark.parametrize('width', [0.25, 0.5, 1.0])
+def test_width_keeps_every_plain_twin_parameter_equal(width):
+  # `width` scales the stem as well as the stages, so the option-A residual
+  # nets stay buildable and keep their twins' parameters at every width.
+  for depth in CIFAR_DEPTHS:
+    _, res = abstract_init(registry.create_model(
+        f'resnet{depth}', width=width), (32, 32, 3))
+    _, plain = abstract_init(registry.create_model(
+        f'plain{depth}', width=width), (32, 32, 3))
+    assert (jax.tree.map(lambda a: a.shape, res['params'])
+            == jax.tree.map(lambda a: a.shape, plain['params'])), depth
+    stem = res['params']['backbone']['stem_conv']['kernel'].shape
+    assert stem[-1] == round(16 * width)
+    if width == 1.0:
+      assert count(res['params']) == cifar_resnet_params((depth - 2) // 6)
+  # ImageNet (option B): the plain twin lacks exactly the projections.
+  _, r18 = abstract_init(registry.create_model('resnet18', width=width),
+                         (32, 32, 3))
+  _, p18 = abstract_init(registry.create_model('plain18', width=width),
+                         (32, 32, 3))
+  proj = sum(a.size for path, a in
+             jax.tree_util.tree_flatten_with_path(r18['params'])[0]
+             if 'proj' in jax.tree_util.keystr(path))
+  assert proj > 0 and count(r18['params']) - proj == count(p18['params'])
+  stem = r18['params']['backbone']['stem_conv']['kernel'].shape
+  assert stem[-1] == round(64 * width)
+  if width == 1.0:
+    assert count(r18['params']) == 11_689_512
+
+
+def test_half_width_resnet56_runs():
+  # Used to fail: "Shortcut option A cannot reduce channels (16 -> 8)".
+  model = registry.create_model('resnet56', width=0.5)
+  x = jax.random.normal(KEY, (2, 28, 28, 1))
+  variables = jax.jit(model.init)(KEY, x)
+  (logits, out) = jax.jit(model.apply)(variables, x)
+  assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
+  assert out['stem'].shape == (2, 28, 28, 8)
+  assert out['stage3'].shape == (2, 7, 7, 32)
 
 
 def test_remat_gives_same_gradients():

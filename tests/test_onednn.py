@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import errors, layers
-from cnn.kernels import onednn
+from cnn import errors
+from cnn.kernels import forms, onednn
 from tests.helpers import assert_conv_matches_lax
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -98,21 +98,22 @@ def test_weight_gradient_is_deterministic():
 def test_auto_chooses_onednn_for_resnet_convolutions_on_cpu():
   if jax.default_backend() != 'cpu' or jax.device_count() != 1:
     pytest.skip('one CPU device')
-  conv = layers.Conv(16, (3, 3), padding=1)
+  conv = forms.Conv(16, (3, 3), padding=1)
   assert conv.choose_impl(32, 16) == 'onednn'
   assert conv.choose_impl(32, 16, jnp.bfloat16) == (
       'onednn' if onednn.supports(jnp.bfloat16) else 'xla')
   assert conv.choose_impl(32, 16, jnp.float16) == 'xla'
-  grouped = layers.Conv(16, (3, 3), padding=1, feature_group_count=16)
+  grouped = forms.Conv(16, (3, 3), padding=1, feature_group_count=16)
   assert grouped.choose_impl(32, 16) == 'xla'
-  with layers.reference_convolutions():
+  with forms.reference_convolutions():
     assert conv.choose_impl(32, 16) == 'xla'
 
 
 @needs_kernel
 def test_onednn_impl_refuses_an_unsupported_dtype_with_a_clear_message():
-  conv = layers.Conv(16, (3, 3), padding=1, impl='onednn')
-  with pytest.raises(errors.UserError, match='cannot compute in float16'):
+  conv = forms.Conv(16, (3, 3), padding=1)
+  with forms.use_conv_impl('onednn'), pytest.raises(
+      errors.UserError, match='cannot compute in float16'):
     conv.choose_impl(32, 16, jnp.float16)
   with pytest.raises(TypeError, match='one dtype'):
     onednn.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 1), jnp.bfloat16),
@@ -151,4 +152,19 @@ def test_bfloat16_conv2d_is_close_to_float32_and_keeps_its_dtype():
 
 def test_unknown_conv_impl_is_refused():
   with pytest.raises(errors.UserError, match="'auto', 'xla'"):
-    layers.Conv(16, (3, 3), impl='cudnn').choose_impl(32, 16)
+    with forms.use_conv_impl('cudnn'):
+      pass
+
+
+@needs_kernel
+def test_bfloat16_support_is_probed_even_when_first_asked_while_tracing():
+  # Models ask while they are traced; a probe staged into that trace would
+  # never fail, and an unsupported dtype would then fail at run time.
+  outside = onednn.supports(jnp.bfloat16)
+  onednn.supports.cache_clear()
+  inside = []
+  try:
+    jax.jit(lambda x: inside.append(onednn.supports(jnp.bfloat16)) or x)(1.0)
+  finally:
+    onednn.supports.cache_clear()
+  assert inside == [outside]

@@ -3,7 +3,8 @@ NaN/Inf, and a golden checkpoint that pins the on-disk format.
 
 Runs that must die (SIGKILL, SIGTERM, SIGINT) are `main.py` subprocesses;
 the rest call `train.train_and_evaluate` in this process. Everything uses the
-tiny LeNet-5 config of `tests/helpers.py` (512 training examples, batch 32).
+tiny LeNet-5 config `configs/default.py:runlocal` (512 training examples,
+batch 32; `tests/helpers.py`).
 """
 
 from __future__ import annotations
@@ -25,25 +26,12 @@ import numpy as np
 import pytest
 
 from cnn import checkpoint as checkpoint_lib
-from cnn import optim, sharding, train
+from cnn import checkpoint_integrity, optim, sharding, train
+from cnn import experiment_identity as identity_lib
 from cnn.metrics import read_metrics
+from configs import zoo
 from tests.golden import make_golden
-from tests.helpers import REPO, file_digests, run_main, tiny_config
-
-# The fields `tiny_config` sets, as main.py flags: a subprocess run with
-# `main_args(workdir, overrides)` trains exactly `tiny_config(**overrides)`.
-TINY_FLAGS = {
-    'input.train_subset': 512, 'input.test_subset': 1000,
-    'input.batch_size': 32, 'input.eval_batch_size': 384,
-    'num_epochs': 2.0, 'log_every_steps': 8, 'checkpoint_every_steps': 8,
-    'progress_bar': False,
-}
-
-
-def main_args(workdir, overrides: dict | None = None) -> list[str]:
-  fields = dict(TINY_FLAGS, **(overrides or {}))
-  return (['--config=configs/default.py', f'--workdir={workdir}']
-          + [f'--config.{k}={v}' for k, v in fields.items()])
+from tests.helpers import REPO, file_digests, main_args, run_main, tiny_config
 
 
 def popen_main(args: list[str]) -> subprocess.Popen:
@@ -127,7 +115,7 @@ def test_sigkill_then_rerun_is_bit_identical_to_one_run(tmp_path):
         f'{at_kill}; resumed at {resumed.group(1)}; half-written save found: '
         f'{"half-written" in rerun.stderr}')
 
-  # Same config on both sides (the flags reproduce tiny_config) ...
+  # Same config on both sides (main_args reproduces tiny_config) ...
   with open(os.path.join(once, 'config.json')) as f1, open(
       os.path.join(killed, 'config.json')) as f2:
     assert json.load(f1) == json.load(f2)
@@ -325,7 +313,7 @@ def test_unretrieved_read_errors_of_a_damaged_checkpoint_are_not_printed():
   # asyncio later reports the sibling failures, with tracebacks, as "Task
   # exception was never retrieved" (under orbax's coroutine or asyncio's
   # wrapper, depending on timing). The one-line report is ours.
-  quiet = checkpoint_lib._QuietDamagedReads()
+  quiet = checkpoint_integrity.QuietDamagedReads()
   record = lambda message: logging.LogRecord('asyncio', logging.ERROR, '', 0,
                                              message, None, None)
   for coro in ('async_deserialize', '_wrap_awaitable'):
@@ -336,6 +324,29 @@ def test_unretrieved_read_errors_of_a_damaged_checkpoint_are_not_printed():
       "Task exception was never retrieved\nfuture: <Task coro=<mine()> "
       "exception=ValueError('a bug of ours')>"))
   assert quiet.filter(record('Executing <Task> took 0.2 seconds'))
+
+
+_FILTERS_IN_A_FRESH_PROCESS = r'''
+import logging, sys
+from cnn import checkpoint, checkpoint_integrity
+quiet = lambda: sum(isinstance(f, checkpoint_integrity.QuietDamagedReads)
+                    for f in logging.getLogger('asyncio').filters)
+wrapped = lambda: getattr(sys.unraisablehook, 'drops_abandoned_reads', False)
+print(quiet(), wrapped())
+for _ in range(2):
+  checkpoint.Checkpointer(sys.argv[1]).close()
+print(quiet(), wrapped())
+'''
+
+
+def test_log_filters_are_installed_by_a_checkpointer_not_by_import(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-c', _FILTERS_IN_A_FRESH_PROCESS, str(tmp_path)],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  # Importing changes nothing; two Checkpointers install each filter once.
+  assert result.stdout.split() == ['0', 'False', '1', 'True'], result.stdout
 
 
 # ----------------------------------------------------------------- NaN/Inf
@@ -418,3 +429,52 @@ def test_golden_checkpoint_restores_with_the_current_libraries(tmp_path):
   assert_trees_equal(restored.params, arrays['params'])
   assert_trees_equal(restored.batch_stats, arrays['batch_stats'])
   assert not os.path.exists(os.path.join(workdir, 'checkpoints.damaged'))
+
+
+# ----------------------------------------------------- experiment identity
+
+
+def test_how_it_is_computed_is_not_part_of_the_identity():
+  identity = identity_lib.experiment_identity
+  assert (identity(tiny_config(conv_impl='xla'))
+          == identity(tiny_config(conv_impl='banded'))
+          == identity(tiny_config(**{'optimizer.learning_rate': 1.0,
+                                     'num_epochs': 5.0})))
+  resnet = zoo.get_config('resnet20')
+  remat = zoo.get_config('resnet20')
+  remat.model.remat = not resnet.model.remat
+  assert identity(remat) == identity(resnet)
+  assert 'remat' not in identity(resnet)['model']
+  # What the network is, is.
+  assert (identity(tiny_config(**{'model.activation': 'tanh'}))
+          != identity(tiny_config()))
+
+
+def test_identity_check_names_each_differing_field(tmp_path):
+  workdir = str(tmp_path)
+  check = identity_lib.identity_check(tiny_config(), workdir)
+  check({'identity': identity_lib.experiment_identity(
+      tiny_config(conv_impl='xla'))})  # accepted
+  other = identity_lib.experiment_identity(
+      tiny_config(**{'model.activation': 'tanh', 'optimizer.name': 'sgd'}))
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError) as error:
+    check({'identity': other})
+  message = str(error.value)
+  assert message.startswith(
+      f'{workdir} holds checkpoints of a different experiment (model: '
+      "checkpoint has {'activation': 'tanh'")
+  assert "optimizer.name: checkpoint has 'sgd', config asks 'adamw'" in message
+  assert message.endswith(
+      'Nothing was changed. Use a new --workdir, or delete '
+      f'{os.path.join(workdir, "checkpoints")} to start this one afresh.')
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError):
+    check({})  # a checkpoint without identity is another experiment too.
+
+
+def test_golden_checkpoint_has_the_identity_of_its_config():
+  # A change of the identity (a new backbone option, say) refuses every
+  # existing workdir: it must be deliberate, as a format change is.
+  with open(make_golden.EXPECTED) as f:
+    expected = json.load(f)
+  assert (identity_lib.experiment_identity(make_golden.golden_config())
+          == expected['meta']['identity'])

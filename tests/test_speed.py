@@ -1,5 +1,6 @@
 """Correctness of the speed work: compilation counts, buffer donation,
-bfloat16 training, and the CPU layers of `cnn.layers` against reference ops.
+bfloat16 training, and the CPU forms of `cnn.kernels.forms` against reference
+ops.
 
 Fast (well under a minute on 2 CPU cores): tiny LeNet-5 runs only.
 """
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 
 from benchmarks import cpu_speedups
-from cnn import layers, optim, sharding, steps, train
-from cnn.kernels import onednn
+from cnn import errors, optim, sharding, steps, train
+from cnn.kernels import forms, onednn
+from cnn.models import registry
 from tests.helpers import assert_conv_matches_lax, tiny_config
 
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -161,7 +163,7 @@ def test_cpu_forms_give_the_plain_gradients(model):
   # The models' CPU forms (LeNet-5: banded convolutions; ResNets: materialised
   # convolution inputs) only re-formulate the computation: the same loss and
   # gradients, up to float rounding, as the naive network traced inside
-  # `layers.reference_convolutions()` (`cpu_speedups.plain`). (Training curves
+  # `forms.reference_convolutions()` (`cpu_speedups.plain`). (Training curves
   # are not compared: max-pool and ReLU turn rounding-level differences into
   # visibly different runs in a few steps, whichever formulation is right.)
   if model == 'lenet5':
@@ -192,7 +194,7 @@ def test_cpu_forms_give_the_plain_gradients(model):
                                atol=1e-5 * float(jnp.abs(want).max()))
 
 
-# --- cnn.layers speed blocks against reference ops
+# --- cnn.kernels.forms against reference ops
 
 
 @pytest.mark.parametrize('x_shape, k_shape, strides, padding', [
@@ -204,9 +206,9 @@ def test_cpu_forms_give_the_plain_gradients(model):
 ])
 def test_banded_conv_matches_lax_conv_and_its_gradients(x_shape, k_shape,
                                                         strides, padding):
-  pads = layers._explicit_padding(padding, k_shape[:2], strides, x_shape[1:3])
+  pads = forms.explicit_padding(padding, k_shape[:2], strides, x_shape[1:3])
   assert_conv_matches_lax(
-      lambda x, k: layers.banded_conv(x, k, strides, padding), x_shape,
+      lambda x, k: forms.banded_conv(x, k, strides, padding), x_shape,
       k_shape, strides, pads)
 
 
@@ -214,7 +216,7 @@ def test_banded_conv_in_bfloat16_is_close():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 14, 14, 6)), jnp.bfloat16)
   k = jnp.asarray(rng.normal(size=(5, 5, 6, 16)) * 0.1, jnp.bfloat16)
-  got = layers.banded_conv(x, k)
+  got = forms.banded_conv(x, k)
   want = jax.lax.conv_general_dilated(x.astype(jnp.float32),
                                       k.astype(jnp.float32), (1, 1), 'VALID',
                                       dimension_numbers=DN)
@@ -233,36 +235,83 @@ def test_banded_conv_in_bfloat16_is_close():
 def test_conv_module_is_a_drop_in_for_nn_conv(impl, strides, padding):
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 14, 14, 6)),
                   jnp.float32)
-  ours = layers.Conv(16, (5, 5), strides, padding=padding, impl=impl)
+  ours = forms.Conv(16, (5, 5), strides, padding=padding)
   theirs = nn.Conv(16, (5, 5), strides, padding=padding)
   variables = theirs.init(jax.random.PRNGKey(0), x)
-  assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
-          jax.tree.map(jnp.shape, variables))
-  np.testing.assert_allclose(ours.apply(variables, x),
-                             theirs.apply(variables, x), rtol=1e-5, atol=1e-4)
+  with forms.use_conv_impl(impl):
+    assert ours.choose_impl(14, 6) == impl
+    assert (jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) ==
+            jax.tree.map(jnp.shape, variables))
+    got = ours.apply(variables, x)
+  np.testing.assert_allclose(got, theirs.apply(variables, x), rtol=1e-5,
+                             atol=1e-4)
 
 
 def test_conv_auto_picks_banded_only_for_small_convolutions(monkeypatch):
   # Without the oneDNN kernel (not built, or another platform).
   monkeypatch.setattr(onednn, 'available', lambda: False)
   monkeypatch.setattr(onednn, 'supports', lambda dtype: False)
-  assert layers.Conv(6, (5, 5), padding='VALID').choose_impl(32, 1) == 'banded'
-  assert layers.Conv(16, (5, 5), padding='VALID').choose_impl(14, 6) == 'banded'
+  assert forms.Conv(6, (5, 5), padding='VALID').choose_impl(32, 1) == 'banded'
+  assert forms.Conv(16, (5, 5), padding='VALID').choose_impl(14, 6) == 'banded'
   # CIFAR ResNet 3x3 convolutions: the band would be 11x the work.
-  assert layers.Conv(16, (3, 3), padding=1).choose_impl(32, 16) == 'xla'
-  assert layers.Conv(32, (3, 3), strides=2, padding=1).choose_impl(
+  assert forms.Conv(16, (3, 3), padding=1).choose_impl(32, 16) == 'xla'
+  assert forms.Conv(32, (3, 3), strides=2, padding=1).choose_impl(
       32, 16) == 'xla'
+
+
+def test_the_switch_comes_from_the_environment_and_the_context(monkeypatch):
+  conv = forms.Conv(6, (5, 5), padding='VALID')
+  monkeypatch.delenv(forms.ENV_VAR, raising=False)
+  assert forms.conv_impl() == 'auto'
+  monkeypatch.setenv(forms.ENV_VAR, 'banded')
+  assert forms.conv_impl() == 'banded'
+  assert conv.choose_impl(32, 1) == 'banded'
+  with forms.use_conv_impl('xla'):  # the context beats the environment
+    assert conv.choose_impl(32, 1) == 'xla'
+    with forms.use_conv_impl('banded'):
+      assert forms.conv_impl() == 'banded'
+    assert forms.conv_impl() == 'xla'
+  with forms.use_conv_impl('banded'), forms.reference_convolutions():
+    assert conv.choose_impl(32, 1) == 'xla'  # the plain network, always
+  monkeypatch.setenv(forms.ENV_VAR, 'cudnn')
+  with pytest.raises(errors.UserError, match=(
+      "'cudnn' .*CNN_CONV_IMPL.*valid: 'auto', 'xla', 'banded', 'onednn'")):
+    forms.conv_impl()
+  with pytest.raises(errors.UserError, match="valid: 'auto', 'xla'"):
+    with forms.use_conv_impl('XLA'):
+      pass
+
+
+def test_the_switch_changes_a_model_without_changing_its_function():
+  # The same variables, and up to rounding the same outputs, whichever
+  # implementation a model is traced with.
+  model = registry.create_model('lenet5')
+  x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 28, 28, 1)),
+                  jnp.float32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  outputs = {}
+  for impl in ('xla', 'banded'):
+    with forms.use_conv_impl(impl):
+      shapes = jax.tree.map(jnp.shape, jax.eval_shape(
+          model.init, jax.random.PRNGKey(0), x))
+      assert shapes == jax.tree.map(jnp.shape, variables)
+      apply = jax.jit(lambda v, x: model.apply(v, x)[0])
+      outputs[impl] = apply(variables, x)
+      hlo = apply.lower(variables, x).as_text()
+    assert ('stablehlo.convolution' in hlo) == (impl == 'xla')
+  np.testing.assert_allclose(outputs['banded'], outputs['xla'], rtol=1e-4,
+                             atol=1e-5)
 
 
 def test_materialize_is_an_identity_that_survives_compilation():
   x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 6, 6, 3)),
                   jnp.float32)
-  f = lambda x: jnp.sum(jnp.sin(layers.materialize(jnp.maximum(x, 0))) ** 2)
+  f = lambda x: jnp.sum(jnp.sin(forms.materialize(jnp.maximum(x, 0))) ** 2)
   g = lambda x: jnp.sum(jnp.sin(jnp.maximum(x, 0)) ** 2)
-  np.testing.assert_array_equal(layers.materialize(x), x)
+  np.testing.assert_array_equal(forms.materialize(x), x)
   np.testing.assert_allclose(jax.grad(f)(x), jax.grad(g)(x), rtol=1e-6)
   nan_first = x.at[0, 0, 0, 0].set(jnp.nan)  # the other branch: same values
-  np.testing.assert_array_equal(layers.materialize(nan_first), nan_first)
+  np.testing.assert_array_equal(forms.materialize(nan_first), nan_first)
   if jax.default_backend() == 'cpu':
     # XLA must keep the conditional, or the workaround silently stops working.
     hlo = jax.jit(jax.grad(f)).lower(x).compile().as_text()
@@ -277,7 +326,7 @@ def test_banded_lenet_step_has_no_convolution_in_a_scan_loop():
 
   def loop(k):
     def body(k, _):
-      g = jax.grad(lambda k: jnp.sum(layers.banded_conv(x, k) ** 2))(k)
+      g = jax.grad(lambda k: jnp.sum(forms.banded_conv(x, k) ** 2))(k)
       return k - 1e-3 * g, None
     return jax.lax.scan(body, k, None, length=3)[0]
 

@@ -28,23 +28,17 @@ import pytest
 from cnn import checkpoint as checkpoint_lib
 from cnn import optim, sharding, train
 from cnn.metrics import read_metrics
+from tests import helpers
 from tests.helpers import REPO, run_main, tiny_config
 
 EIGHT_DEVICES = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
-# The fields `tiny_config` sets, as main.py flags (see test_reliability.py).
-TINY_FLAGS = {
-    'input.train_subset': 512, 'input.test_subset': 1000,
-    'input.batch_size': 32, 'input.eval_batch_size': 384,
-    'num_epochs': 2.0, 'log_every_steps': 8, 'checkpoint_every_steps': 8,
-    'progress_bar': False,
-    # lax.conv: the per-example arithmetic is then the same on 1 and 8
-    # devices (max difference 5e-7 after 32 steps). The banded CPU form sums
-    # the weight gradient over (batch x rows) in one matmul whose blocking
-    # depends on the shard size; Adam amplifies that rounding to ~1e-4 after
-    # 32 steps, which would hide a real defect of the same size.
-    'model.conv_impl': 'xla',
-}
+# lax.conv: the per-example arithmetic is then the same on 1 and 8 devices
+# (max difference 5e-7 after 32 steps). The banded CPU form sums the weight
+# gradient over (batch x rows) in one matmul whose blocking depends on the
+# shard size; Adam amplifies that rounding to ~1e-4 after 32 steps, which
+# would hide a real defect of the same size.
+CONV = {'conv_impl': 'xla'}
 
 # 32 Adam steps from the same start: sums split over 8 devices round
 # differently (~1e-7 relative per step), which training grows a little.
@@ -52,14 +46,13 @@ RTOL, ATOL = 1e-3, 1e-4
 
 
 def topo_config(**overrides):
-  """`tiny_config` with the convolution choice of TINY_FLAGS."""
-  return tiny_config(**{'model.conv_impl': 'xla'}, **overrides)
+  """`tiny_config` with the convolution choice `CONV`."""
+  return tiny_config(**CONV, **overrides)
 
 
 def main_args(workdir, overrides: dict | None = None) -> list[str]:
-  fields = dict(TINY_FLAGS, **(overrides or {}))
-  return (['--config=configs/default.py', f'--workdir={workdir}']
-          + [f'--config.{k}={v}' for k, v in fields.items()])
+  """main.py flags training `topo_config(**overrides)`."""
+  return helpers.main_args(workdir, dict(CONV, **(overrides or {})))
 
 
 def assert_trees_close(a, b, what: str) -> None:

@@ -119,10 +119,38 @@ def test_batch_size_must_divide_over_devices(monkeypatch):
     sharding.check_batch_size(100)
 
 
+LR = 3e-3  # the default config's peak learning rate.
+# {schedule: (config overrides, {step: learning rate})}, for 10 steps an epoch
+# and 100 steps in all, computed by hand from the formulas optax documents.
+SCHEDULE_VALUES = {
+    'constant': ({}, {0: LR, 50: LR, 99: LR}),
+    # The plateau scale lives in the optimizer state; the schedule is flat.
+    'reduce_on_plateau': ({}, {0: LR, 99: LR}),
+    # lr * (f + (1 - f) * (1 + cos(pi * t / 100)) / 2), final fraction f.
+    'cosine': ({'schedule.final_fraction': 0.1},
+               {0: LR, 50: 0.55 * LR, 100: 0.1 * LR}),
+    # 2 epochs = 20 steps from 0 up to lr, then cosine over the other 80.
+    'warmup_cosine': ({'schedule.warmup_epochs': 2.0},
+                      {0: 0.0, 10: LR / 2, 20: LR, 60: LR / 2, 100: 0.0}),
+    # lr / 25 at the start, lr at 30 % of the run, lr / 25 / 1e4 at its end.
+    'onecycle': ({}, {0: LR / 25, 30: LR, 100: LR / 25 / 1e4}),
+    # x0.1 from epoch 3 (step 30) and again from epoch 6 (step 60).
+    'step': ({'schedule.decay_epochs': (3, 6)},
+             {0: LR, 29: LR, 30: LR / 10, 59: LR / 10, 60: LR / 100}),
+}
+
+
+def test_every_schedule_has_known_values():
+  assert set(SCHEDULE_VALUES) == set(optim.SCHEDULES)
+
+
 @pytest.mark.parametrize('name', list(optim.SCHEDULES))
-def test_every_schedule_builds_and_starts_finite(name):
-  config = tiny_config(**{'schedule.name': name})
+def test_schedule_values_at_known_steps(name):
+  overrides, expected = SCHEDULE_VALUES[name]
+  config = tiny_config(**{'schedule.name': name,
+                          'optimizer.learning_rate': LR}, **overrides)
   fn = optim.create_learning_rate_fn(config, steps_per_epoch=10,
                                      total_steps=100)
-  values = np.array([float(fn(s)) for s in (0, 50, 99)])
-  assert np.all(np.isfinite(values)) and values.max() > 0
+  got = {step: float(fn(step)) for step in expected}
+  np.testing.assert_allclose(list(got.values()), list(expected.values()),
+                             rtol=1e-5, atol=1e-12, err_msg=str(got))

@@ -1,18 +1,18 @@
 """2-D convolutions on CPU through oneDNN, as a differentiable JAX function.
 
-XLA CPU's convolution kernels are 2-7x slower than oneDNN's at CIFAR-ResNet
-shapes (weight gradients worst; benchmarks/FINDINGS.md). `conv2d` computes the
-forward pass, the input gradient and the weight gradient with oneDNN primitives
-(onednn_conv.cc) called through XLA's FFI, so they run inside the compiled
-step with no host round trip. Build the library once with
-`python -m cnn.kernels.build` (scripts/setup.sh does); `available()` says
-whether it is loaded.
+XLA CPU's convolution kernels are several times slower than oneDNN's at
+CIFAR-ResNet shapes, weight gradients worst (benchmarks/FINDINGS.md §1, §7).
+`conv2d` computes the forward pass, the input gradient and the weight
+gradient with oneDNN primitives (onednn_conv.cc) called through XLA's FFI, so
+they run inside the compiled step with no host round trip. Build the library
+once with `python -m cnn.kernels.build` (scripts/setup.sh does);
+`available()` says whether it is loaded.
 
 Scope: float32 or bfloat16 (`supports(dtype)`: bfloat16 where this CPU's
 oneDNN has kernels for it), NHWC inputs, HWIO kernels, strides and explicit
-padding; no dilation or groups (`cnn.layers.Conv` chooses XLA for those). The
-custom call has no sharding rule, so `cnn.layers.Conv` uses it only on a
-single device.
+padding; no dilation or groups (`cnn.kernels.forms.Conv` chooses XLA for
+those). The custom call has no sharding rule, so `forms.Conv` uses it only on
+a single device.
 """
 
 from __future__ import annotations
@@ -74,10 +74,13 @@ def supports(dtype) -> bool:
   if dtype == jnp.float32:
     return True
   try:
-    x = jnp.ones((1, 3, 3, 1), dtype)
-    jax.block_until_ready(jax.jit(jax.grad(
-        lambda k: conv2d(x, k, (1, 1), ((1, 1), (1, 1))).astype(
-            jnp.float32).sum()))(jnp.ones((3, 3, 1, 1), dtype)))
+    # Run now even when first asked while a model is being traced (inside
+    # a trace the probe would only be staged, and never fail).
+    with jax.ensure_compile_time_eval():
+      x = jnp.ones((1, 3, 3, 1), dtype)
+      jax.block_until_ready(jax.jit(jax.grad(
+          lambda k: conv2d(x, k, (1, 1), ((1, 1), (1, 1))).astype(
+              jnp.float32).sum()))(jnp.ones((3, 3, 1, 1), dtype)))
     return True
   except Exception as e:  # noqa: BLE001 - any failure means "use XLA"
     logging.info('oneDNN bfloat16 convolutions unavailable here: %s', e)

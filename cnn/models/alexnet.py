@@ -152,15 +152,15 @@ class AlexNet(nn.Module):
   def __call__(self, x: Array, *, train: bool = False):
     act = layers.get_activation(self.activation)
     dtype = layers.as_dtype(self.dtype)
+    conv = layers.conv(dtype)
     x = x.astype(dtype)
     out = {}
     groups = ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
     for i, (group, c, k, s, p, pool) in enumerate(zip(
         groups, self.widths, self.kernels, self.strides, self.paddings,
         self.pool_after, strict=True), start=1):
-      x = nn.Conv(max(1, round(c * self.width)), (k, k), (s, s),
-                  padding=((p, p), (p, p)), dtype=dtype,
-                  name=f'{group}_conv{i}')(x)
+      x = conv(max(1, round(c * self.width)), (k, k), (s, s),
+               padding=((p, p), (p, p)), name=f'{group}_conv{i}')(x)
       x = act(x)
       check_nonempty(x, f'conv{i}')
       if pool:

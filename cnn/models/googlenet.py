@@ -102,14 +102,13 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
-    dtype = layers.as_dtype(self.dtype)
+    conv, norm = layers.conv_and_norm(layers.as_dtype(self.dtype), train,
+                                      kernel_init, epsilon=1e-3)
     p = self.kernel // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel),
-                (self.strides, self.strides), padding=((p, p), (p, p)),
-                use_bias=False, dtype=dtype, kernel_init=kernel_init,
-                name='conv')(x)
-    x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-3, dtype=dtype, name='bn')(x)
+    x = conv(self.features, (self.kernel, self.kernel),
+             (self.strides, self.strides), padding=((p, p), (p, p)),
+             name='conv')(x)
+    x = norm(name='bn')(x)
     return layers.get_activation(self.activation)(x)
 
 

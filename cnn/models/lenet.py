@@ -28,9 +28,6 @@ class LeNet5(nn.Module):
     batch_norm: batch norm after C1 and C3 (before the activation).
     pad_to: inputs smaller than this are zero-padded to it (32 in the paper).
     widths: (C1, C3, F5, F6) sizes.
-    conv_impl: `layers.Conv` implementation: 'auto' (on CPU oneDNN where
-      built, else a banded matmul; `lax.conv` elsewhere), 'xla', 'banded' or
-      'onednn'.
     dtype: compute dtype.
   """
 
@@ -39,7 +36,6 @@ class LeNet5(nn.Module):
   batch_norm: bool = False
   pad_to: int = 32
   widths: tuple[int, int, int, int] = (6, 16, 120, 84)
-  conv_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -54,16 +50,13 @@ class LeNet5(nn.Module):
       x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
                       (0, 0)))
 
+    conv = layers.conv(dtype, use_bias=not self.batch_norm)
+    norm = layers.batch_norm(dtype, train)
+
     def conv_block(x, features, name):
-      # layers.Conv: an nn.Conv that runs on CPU through oneDNN (or as a
-      # banded matmul), 1.5-2x faster than XLA's kernels for these
-      # small-channel convolutions (benchmarks/FINDINGS.md).
-      x = layers.Conv(features, (5, 5), padding='VALID', dtype=dtype,
-                      use_bias=not self.batch_norm, impl=self.conv_impl,
-                      name=f'{name}_conv')(x)
+      x = conv(features, (5, 5), padding='VALID', name=f'{name}_conv')(x)
       if self.batch_norm:
-        x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
-                             dtype=dtype, name=f'{name}_bn')(x)
+        x = norm(name=f'{name}_bn')(x)
       return act(x)
 
     # With batch norm the conv bias is redundant (the norm's shift replaces

@@ -9,7 +9,12 @@ network of the paper: the same stacked layers without any shortcut).
 ImageNet nets follow torchvision exactly, so parameter counts match it: convs
 without bias, batch norm after every conv, a 7x7/2 conv + 3x3/2 max-pool stem,
 projection shortcuts (option B: 1x1 conv + BN only where the shape changes) and,
-in bottleneck blocks, the stride on the 3x3 conv ("ResNet v1.5").
+in bottleneck blocks, the stride on the 3x3 conv ("ResNet v1.5"). He et al.'s
+own layout ("v1", `stride_on='1x1'`: the stride on the first 1x1 conv of a
+bottleneck block) is registered as `resnet50_v1`, `resnet101_v1` and
+`resnet152_v1`: the same parameters, and the paper's multiply-adds (3.8, 7.6
+and 11.3 G in its table 1), since that 1x1 conv then sees a quarter of the
+pixels.
 
 CIFAR nets (paper section 4.2) have 6n+2 weighted layers: a 3x3 conv with 16
 filters, three stages of n basic blocks with 16/32/64 filters (feature maps
@@ -36,6 +41,9 @@ stage still downsamples with its stride-2 conv and widens with its first conv.
 
 Batch norm: conv -> BN -> activation; in a block the last BN comes before the
 addition and the activation after it (the original, "post-activation" order).
+
+`width` multiplies every width, the stem's included, so a narrower net keeps
+the shape of the standard one (and option A never has to drop channels).
 """
 
 from __future__ import annotations
@@ -71,8 +79,8 @@ class _ResidualBlock(nn.Module):
     filters: width of the block's 3x3 conv (output width for basic blocks,
       output / 4 for bottleneck blocks).
     strides: stride of the block (2 for the first block of stages 2+).
-    conv: `nn.Conv` partial (no bias, dtype, init set).
-    norm: `nn.BatchNorm` partial (train/eval mode set).
+    conv: `nn.Conv` constructor (no bias, dtype, init set).
+    norm: `nn.BatchNorm` constructor (train/eval mode set).
     act: activation function.
     residual: add the shortcut; False gives the plain block.
     shortcut: 'A' (parameter-free identity / subsample + zero-pad), 'B'
@@ -80,6 +88,9 @@ class _ResidualBlock(nn.Module):
       (1x1 conv + BN on every shortcut).
     zero_init_residual: initialise the last BN scale to 0 so that each block
       starts as the identity (Goyal et al., 2017).
+    stride_on: in a bottleneck block, the conv that carries the stride: '3x3'
+      (v1.5, torchvision) or '1x1' (the first 1x1 conv: v1, He et al.).
+      Basic blocks stride their first 3x3 conv in both layouts.
   """
 
   filters: int
@@ -90,6 +101,7 @@ class _ResidualBlock(nn.Module):
   residual: bool = True
   shortcut: str = 'B'
   zero_init_residual: bool = False
+  stride_on: str = '3x3'
 
   def last_norm(self, name: str) -> nn.Module:
     if self.zero_init_residual:
@@ -127,13 +139,9 @@ class BasicBlock(_ResidualBlock):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    # materialize: stored once on CPU instead of recomputed inside every
-    # weight-gradient transpose (+19% ResNet-20, +83% ResNet-56 on CPU;
-    # benchmarks/FINDINGS.md). The identity elsewhere.
-    x = layers.materialize(x)
     y = self.conv(self.filters, (3, 3), strides=self.strides,
                   padding=_same(3), name='conv1')(x)
-    y = layers.materialize(self.act(self.norm(name='bn1')(y)))
+    y = self.act(self.norm(name='bn1')(y))
     y = self.conv(self.filters, (3, 3), padding=_same(3), name='conv2')(y)
     y = self.last_norm('bn2')(y)
     return self.act(self.add_shortcut(x, y))
@@ -149,14 +157,16 @@ class BottleneckBlock(_ResidualBlock):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = layers.materialize(x)  # see BasicBlock.
-    y = self.conv(self.filters, (1, 1), padding='VALID', name='conv1')(x)
-    y = layers.materialize(self.act(self.norm(name='bn1')(y)))
-    # Stride on the 3x3 conv (v1.5, torchvision), not on the 1x1 (paper's v1):
-    # same parameters, a 1x1 stride-2 conv would skip 3/4 of its input.
-    y = self.conv(self.filters, (3, 3), strides=self.strides, padding=_same(3),
+    # v1.5 strides the 3x3 conv; v1 the 1x1, which then skips 3/4 of its
+    # input: the same parameters, fewer multiply-adds, less information.
+    s1, s3 = ((self.strides, 1) if self.stride_on == '1x1'
+              else (1, self.strides))
+    y = self.conv(self.filters, (1, 1), strides=s1, padding='VALID',
+                  name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.filters, (3, 3), strides=s3, padding=_same(3),
                   name='conv2')(y)
-    y = layers.materialize(self.act(self.norm(name='bn2')(y)))
+    y = self.act(self.norm(name='bn2')(y))
     y = self.conv(self.filters * self.expansion, (1, 1), padding='VALID',
                   name='conv3')(y)
     y = self.last_norm('bn3')(y)
@@ -169,14 +179,15 @@ BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
 class ResNet(nn.Module):
   """ResNet backbone: images [batch, H, W, C] -> pooled features [batch, F].
 
-  F = num_filters * 2**(len(stage_sizes) - 1) * width (x4 for bottleneck).
+  F = round(num_filters * 2**(len(stage_sizes) - 1) * width) (x4 for
+  bottleneck).
   Submodules: `stem_conv`, `stem_bn`, `stem_pool` and `stage{i}_block{j}`
   (each with `proj_conv`/`proj_bn` where it has a projection shortcut).
 
   Attributes:
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18. Stage i
-      (from 0) has num_filters * 2**i * width filters; stages after the first
-      start with a stride-2 block.
+      (from 0) has round(num_filters * 2**i * width) filters, the stem those
+      of stage 0; stages after the first start with a stride-2 block.
     block: 'basic' or 'bottleneck'.
     num_filters: width of the stem and of the first stage (64 ImageNet, 16
       CIFAR).
@@ -185,15 +196,15 @@ class ResNet(nn.Module):
       'cifar' (3x3/1 conv, no pooling).
     shortcut: 'A', 'B' or 'C' (He et al. 2016, section 3.3); see
       `_ResidualBlock`.
-    width: multiplier of the stage widths (not of the stem), as in wide
-      ResNets; 1.0 is the standard net.
+    width: multiplier of every width, the stem's and each stage's (as in
+      wide ResNets); 1.0 is the standard net.
     zero_init_residual: zero the last BN scale of every block.
+    stride_on: '3x3' (v1.5) or '1x1' (v1); see `_ResidualBlock`.
     remat: recompute each block's activations in the backward pass instead of
-      storing them (`nn.remat`): less memory for deep nets, ~30% more compute.
+      storing them (`nn.remat`): less memory for deep nets, about one more
+      forward pass of compute.
     activation: name in `cnn.layers.ACTIVATIONS`.
     dtype: compute dtype.
-    conv_impl: `cnn.layers.Conv` implementation ('auto': oneDNN on CPU where
-      built, XLA elsewhere; 'xla', 'onednn').
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -204,10 +215,10 @@ class ResNet(nn.Module):
   shortcut: str = 'B'
   width: float = 1.0
   zero_init_residual: bool = False
+  stride_on: str = '3x3'
   remat: bool = False
   activation: str = 'relu'
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False):
@@ -219,40 +230,47 @@ class ResNet(nn.Module):
           f"stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     if self.shortcut not in ('A', 'B', 'C'):
       raise errors.UserError(f"shortcut must be 'A', 'B' or 'C', got "
-                       f'{self.shortcut!r}.')
+                             f'{self.shortcut!r}.')
+    if self.stride_on not in ('3x3', '1x1'):
+      raise errors.UserError(
+          f"stride_on must be '3x3' (v1.5) or '1x1' (v1), got "
+          f'{self.stride_on!r}.')
     if self.zero_init_residual and not self.residual:
       # Without a shortcut a zero scale would cut the signal at every block.
       raise errors.UserError('zero_init_residual=True needs residual=True.')
     dtype = layers.as_dtype(self.dtype)
-    act = layers.get_activation(self.activation)
-    conv, norm = layers.conv_and_norm(dtype, train, conv_init,
-                                      self.conv_impl)
+    # Stored: each block's input and inner activations are kept, not
+    # recomputed through the residual chain (see layers.get_activation).
+    act = layers.get_activation(self.activation, stored=True)
+    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     block_cls = BLOCKS[self.block]
     if self.remat:
       block_cls = nn.remat(block_cls)
 
+    # The stem is as wide as the first stage, as at width 1.0: a block never
+    # narrows its input, which option A's shortcut could not follow.
+    width = lambda i: max(1, int(round(self.num_filters * 2**i * self.width)))
+    base = width(0)
     out = {}
     x = x.astype(dtype)
     if self.stem == 'imagenet':
-      x = conv(self.num_filters, (7, 7), strides=2, padding=_same(7),
-               name='stem_conv')(x)
+      x = conv(base, (7, 7), strides=2, padding=_same(7), name='stem_conv')(x)
       x = act(norm(name='stem_bn')(x))
       x = layers.Pool('max', (3, 3), (2, 2), padding=_same(3),
                       name='stem_pool')(x)
     else:
-      x = conv(self.num_filters, (3, 3), padding=_same(3), name='stem_conv')(x)
+      x = conv(base, (3, 3), padding=_same(3), name='stem_conv')(x)
       x = act(norm(name='stem_bn')(x))
     out['stem'] = x
 
     for i, num_blocks in enumerate(self.stage_sizes):
-      filters = int(round(self.num_filters * 2**i * self.width))
       for j in range(num_blocks):
         x = block_cls(
-            filters=filters, strides=2 if i > 0 and j == 0 else 1, conv=conv,
-            norm=norm, act=act, residual=self.residual,
+            filters=width(i), strides=2 if i > 0 and j == 0 else 1,
+            conv=conv, norm=norm, act=act, residual=self.residual,
             shortcut=self.shortcut,
             zero_init_residual=self.zero_init_residual,
-            name=f'stage{i + 1}_block{j + 1}')(x)
+            stride_on=self.stride_on, name=f'stage{i + 1}_block{j + 1}')(x)
       out[f'stage{i + 1}'] = x
     last = f'stage{len(self.stage_sizes)}'
     return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
@@ -281,6 +299,15 @@ for _depth, (_block, _sizes, _params) in _IMAGENET.items():
             f'plain twin of resnet{_depth}: same layers, no shortcuts or '
             'projections'),
         stage_sizes=_sizes, block=_block, residual=_residual)
+  if _block == 'bottleneck':
+    # The lectures' (He et al.'s) layout: same parameters, fewer
+    # multiply-adds (the strided 1x1 convs see a quarter of the pixels).
+    registry.register(
+        f'resnet{_depth}_v1', ResNet, input_shape=(224, 224, 3),
+        num_classes=1000, min_input_size=32, reference_params=_params,
+        description=(f'ResNet-{_depth} v1 (He et al.: stride on the first '
+                     f'1x1 conv of a bottleneck block), {_params:,} params'),
+        stage_sizes=_sizes, block=_block, stride_on='1x1')
 
 # CIFAR (6n+2 layers): n -> parameter count with option A and 10 classes,
 # 97,216 n - 21,926 (see the module docstring).

@@ -89,18 +89,19 @@ class VGG(nn.Module):
   def __call__(self, x: Array, *, train: bool = False):
     act = layers.get_activation(self.activation)
     dtype = layers.as_dtype(self.dtype)
+    # Biased convs even with batch norm, as torchvision's.
+    conv = layers.conv(dtype, kernel_init=conv_init)
+    norm = layers.batch_norm(dtype, train)
     x = x.astype(dtype)
     out = {}
     stages = zip(self.stage_sizes, self.widths, strict=True)
     for s, (n_convs, c) in enumerate(stages, 1):
       features = max(1, round(c * self.width))
       for i in range(1, n_convs + 1):
-        x = nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                    kernel_init=conv_init, name=f'stage{s}_conv{i}')(x)
+        x = conv(features, (3, 3), padding=((1, 1), (1, 1)),
+                 name=f'stage{s}_conv{i}')(x)
         if self.batch_norm:
-          x = layers.BatchNorm(use_running_average=not train, momentum=0.9,
-                               epsilon=1e-5, dtype=dtype,
-                               name=f'stage{s}_bn{i}')(x)
+          x = norm(name=f'stage{s}_bn{i}')(x)
         x = act(x)
         if 'stem' not in out:
           out['stem'] = x

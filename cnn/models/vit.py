@@ -111,8 +111,8 @@ class ViT(nn.Module):
 
     out = {}
     x = x.astype(dtype)
-    x = nn.Conv(self.hidden, (p, p), strides=p, padding='VALID', dtype=dtype,
-                name='stem_patch_embed')(x)
+    x = layers.conv(dtype)(self.hidden, (p, p), strides=p, padding='VALID',
+                           name='stem_patch_embed')(x)
     out['stem'] = x
     b, h, w, d = x.shape
     x = x.reshape(b, h * w, d)

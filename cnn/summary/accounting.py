@@ -2,7 +2,7 @@
 
 `summarize(name_or_module, input_shape)` traces one forward pass abstractly
 (`jax.make_jaxpr`, no real compute) while `flax.linen.intercept_methods` sees
-every module call (`cnn/summary_trace.py`), and returns a `Summary`: one row
+every module call (`cnn/summary/trace.py`), and returns a `Summary`: one row
 per layer with its output shape and the lecture's three measures of size,
 plus totals.
 
@@ -54,13 +54,10 @@ per pooled output.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import fnmatch
 import json
 import math
-import re
-import sys
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -68,11 +65,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn import layers, summary_trace
+from cnn import layers
+from cnn.kernels import forms
 from cnn.models import registry
+from cnn.summary import report, trace
 
 _NORMS = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-
 
 
 @dataclasses.dataclass
@@ -216,7 +214,7 @@ class Summary:
 
   def table(self) -> str:
     """A readable per-layer table with totals and per-group subtotals."""
-    return _format_table(self)
+    return report.format_table(self)
 
   def __str__(self) -> str:
     return self.table()
@@ -260,7 +258,7 @@ def _padding(p) -> Any:
   return tuple(tuple(x) if isinstance(x, (tuple, list)) else x for x in p)
 
 
-def _make_row(call: summary_trace.Call, flow: summary_trace.Flow,
+def _make_row(call: trace.Call, flow: trace.Flow,
               first_use: bool) -> LayerRow:
   m = call.module
   kind = _row_type(m) or type(m).__name__
@@ -280,8 +278,8 @@ def _make_row(call: summary_trace.Call, flow: summary_trace.Flow,
     kshape = call.own_params['kernel']
     row.kernel = tuple(kshape[:-2])
     n = len(row.kernel)
-    row.strides = summary_trace.tup(m.strides, n)
-    row.dilation = summary_trace.tup(m.kernel_dilation, n)
+    row.strides = trace.tup(m.strides, n)
+    row.dilation = trace.tup(m.kernel_dilation, n)
     row.padding = _padding(m.padding)
     row.groups = m.feature_group_count
     formula = out_units * int(np.prod(kshape[:-1]))
@@ -327,6 +325,134 @@ def _param_leaves(tree) -> dict[tuple[str, ...], int]:
   return out
 
 
+def _param_rows(call: trace.Call) -> list[LayerRow]:
+  """One row per parameter of a module that only holds parameters.
+
+  Such parameters are used by plain jnp code (ViT's class token and position
+  embedding); one row each, so each lands in its own group
+  (`stem_cls_token` -> stem).
+  """
+  rows = []
+  for key, shape in call.own_params.items():
+    size = int(np.prod(shape))
+    rows.append(LayerRow(
+        name='/'.join(call.path + (key,)), type='param',
+        output_shape=tuple(shape), params=size,
+        params_without_bias=0 if key == 'bias' else size))
+  return rows
+
+
+def _matmul_row(call: trace.Call | None, owner: int | None,
+                flow: trace.Flow) -> LayerRow:
+  """The row of the matmuls traced in `call` outside any layer.
+
+  Einsum attention or a jnp.dot in a block; `call` is the innermost module
+  call they were traced in (None: outside every module).
+  """
+  macs, nonpad, units = flow.macs[owner]
+  in_shape, out_shape = flow.matmul_shapes[owner]
+  itemsize = np.dtype(call.out_dtype).itemsize if call and call.out_dtype \
+      else 4
+  row = LayerRow(
+      name=('/'.join(call.path) if call and call.path else 'model')
+      + '/matmul',
+      type='matmul', input_shape=tuple(in_shape[1:]),
+      output_shape=tuple(out_shape[1:]), units=units, macs=macs,
+      macs_nonpad=nonpad, connections=macs, flops=2 * macs,
+      activation_bytes=units * itemsize)
+  if owner is not None and owner in flow.rf_in:
+    row.rf, row.jump = trace.global_rf(flow.rf_in[owner], flow.image_hw)
+  return row
+
+
+def _rows(calls: list[trace.Call], flow: trace.Flow, row_calls: set[int],
+          first_use: dict[int, bool]) -> list[LayerRow]:
+  """Layer, parameter and matmul rows, in execution order."""
+  keyed = []
+  for i in sorted(row_calls):
+    call = calls[i]
+    if _row_type(call.module) is None and i not in flow.macs:
+      if first_use[i]:
+        keyed.extend(((call.start, 0), r) for r in _param_rows(call))
+      continue
+    keyed.append(((call.end, 0), _make_row(call, flow, first_use[i])))
+  for owner in flow.macs:
+    if owner in row_calls:
+      continue
+    call = calls[owner] if owner is not None else None
+    keyed.append(((call.end if call else math.inf, 1),
+                  _matmul_row(call, owner, flow)))
+  return [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
+
+
+def _unused_rows(tree: dict[tuple[str, ...], int], calls: list[trace.Call],
+                 row_calls: set[int], first_use: dict[int, bool],
+                 called: set[tuple[str, ...]]) -> list[LayerRow]:
+  """Rows for modules never called in this mode; checks every parameter.
+
+  Args:
+    tree: {parameter path: size} of Flax's parameter tree.
+    calls: the traced module calls.
+    row_calls: indices of the calls that have rows.
+    first_use: for each row call, whether it is its module's first call
+      (where its parameters are counted).
+    called: paths of every module entered, by any method.
+
+  Returns:
+    One 'unused' row per outermost uncalled module (e.g. GoogLeNet's
+    auxiliary heads in evaluation), holding its parameters.
+
+  Raises:
+    RuntimeError: a parameter of a called module has no row, or a row
+      counts a parameter that is not in the tree.
+  """
+  covered = {}
+  for call in calls:
+    if call.idx in row_calls and first_use[call.idx]:
+      for key, shape in call.own_params.items():
+        covered[call.path + (key,)] = int(np.prod(shape))
+  unused: dict[tuple[str, ...], list[int]] = {}
+  for path, size in tree.items():
+    if path in covered:
+      continue
+    owner = path[:-1]
+    if owner in called:
+      raise RuntimeError(
+          f'Parameter {"/".join(path)} ({size:,}) belongs to a layer the '
+          'summary did not count.')
+    # Reported under its outermost uncalled module.
+    top = next(owner[:i] for i in range(1, len(owner) + 1)
+               if owner[:i] not in called)
+    acc = unused.setdefault(top, [0, 0])
+    acc[0] += size
+    acc[1] += 0 if path[-1] == 'bias' else size
+  if set(covered) - set(tree):
+    raise RuntimeError(f'Counted parameters missing from the tree: '
+                       f'{sorted(set(covered) - set(tree))}')
+  return [LayerRow(name='/'.join(path), type='unused', params=size,
+                   params_without_bias=no_bias)
+          for path, (size, no_bias) in unused.items()]
+
+
+def _totals(rows: list[LayerRow], params: Any) -> dict[str, int]:
+  """`Summary.totals`; raises RuntimeError unless the rows hold `params`."""
+  tree_size = sum(_param_leaves(params).values())
+  totals = _add_totals(rows)
+  if totals['params'] != tree_size:
+    raise RuntimeError(
+        f'Rows count {totals["params"]:,} parameters, the Flax tree has '
+        f'{tree_size:,}.')
+  totals['param_bytes'] = int(sum(
+      leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params)))
+  totals['macs_conv'] = int(sum(r.macs for r in rows if r.type == 'Conv'))
+  totals['macs_dense'] = int(sum(
+      r.macs for r in rows if r.type in ('Dense', 'DenseGeneral')))
+  totals['macs_other'] = totals['macs'] - totals['macs_conv'] - totals[
+      'macs_dense']
+  totals['layers'] = sum(1 for r in rows if r.type != 'unused')
+  return totals
+
+
 # ----------------------------------------------------------------------------
 # Public API.
 
@@ -366,10 +492,12 @@ def summarize(model: str | nn.Module,
       raise ValueError('input_shape (H, W, C) is required for a module.')
     module, name = model, type(model).__name__
     input_shape = tuple(input_shape)
-  variables, recorder, closed = summary_trace.trace(module, input_shape,
-                                                    train)
+    dtype = getattr(module, 'dtype', None)
+  variables, recorder, closed = trace.trace(module, input_shape, train)
   calls = recorder.calls
 
+  # Calls that get a row; a module called twice (shared weights) counts its
+  # parameters at its first call only.
   seen: set[tuple[str, ...]] = set()
   row_calls, first_use = set(), {}
   for call in calls:
@@ -377,97 +505,19 @@ def summarize(model: str | nn.Module,
       row_calls.add(call.idx)
       first_use[call.idx] = call.path not in seen
       seen.add(call.path)
-  flow = summary_trace.Flow(calls, row_calls, tuple(input_shape[:-1]))
+  flow = trace.Flow(calls, row_calls, tuple(input_shape[:-1]))
   flow.run(closed.jaxpr, closed.jaxpr.invars[0])
 
-  keyed = []
-  for i in sorted(row_calls):
-    call = calls[i]
-    if _row_type(call.module) is None and i not in flow.macs:
-      # A module that only holds parameters used by plain jnp code (ViT's
-      # class token and position embedding): one row per parameter, so each
-      # lands in its own group (`stem_cls_token` -> stem).
-      if first_use[i]:
-        for key, shape in call.own_params.items():
-          size = int(np.prod(shape))
-          keyed.append(((call.start, 0), LayerRow(
-              name='/'.join(call.path + (key,)), type='param',
-              output_shape=tuple(shape), params=size,
-              params_without_bias=0 if key == 'bias' else size)))
-      continue
-    keyed.append(((call.end, 0), _make_row(call, flow, first_use[i])))
-  for owner, (macs, nonpad, units) in flow.macs.items():
-    if owner in row_calls:
-      continue
-    # Matmuls outside any layer (einsum attention, jnp.dot in a block).
-    call = calls[owner] if owner is not None else None
-    in_shape, out_shape = flow.matmul_shapes[owner]
-    itemsize = np.dtype(call.out_dtype).itemsize if call and call.out_dtype \
-        else 4
-    row = LayerRow(
-        name=('/'.join(call.path) if call and call.path else 'model')
-        + '/matmul',
-        type='matmul', input_shape=tuple(in_shape[1:]),
-        output_shape=tuple(out_shape[1:]), units=units, macs=macs,
-        macs_nonpad=nonpad, connections=macs, flops=2 * macs,
-        activation_bytes=units * itemsize)
-    if owner is not None and owner in flow.rf_in:
-      row.rf, row.jump = summary_trace.global_rf(flow.rf_in[owner],
-                                                 flow.image_hw)
-    keyed.append(((call.end if call else math.inf, 1), row))
-  rows = [r for _, r in sorted(keyed, key=lambda kr: kr[0])]
-
+  params = variables.get('params', {})
+  rows = _rows(calls, flow, row_calls, first_use)
   # Cross-check against Flax's parameter tree.
-  tree = _param_leaves(variables.get('params', {}))
-  covered = {}
-  for call in calls:
-    if call.idx in row_calls and first_use[call.idx]:
-      for key, shape in call.own_params.items():
-        covered[call.path + (key,)] = int(np.prod(shape))
-  called = recorder.paths
-  unused: dict[tuple[str, ...], list[int]] = {}
-  for path, size in tree.items():
-    if path in covered:
-      continue
-    owner = path[:-1]
-    if owner in called:
-      raise RuntimeError(
-          f'Parameter {"/".join(path)} ({size:,}) belongs to a layer the '
-          'summary did not count.')
-    # A module never called in this mode (e.g. auxiliary heads in eval):
-    # report it under its outermost uncalled module.
-    top = next(owner[:i] for i in range(1, len(owner) + 1)
-               if owner[:i] not in called)
-    acc = unused.setdefault(top, [0, 0])
-    acc[0] += size
-    acc[1] += 0 if path[-1] == 'bias' else size
-  for path, (size, no_bias) in unused.items():
-    rows.append(LayerRow(name='/'.join(path), type='unused', params=size,
-                         params_without_bias=no_bias))
-  if set(covered) - set(tree):
-    raise RuntimeError(f'Counted parameters missing from the tree: '
-                       f'{sorted(set(covered) - set(tree))}')
-  totals = _add_totals(rows)
-  if totals['params'] != sum(tree.values()):
-    raise RuntimeError(
-        f'Rows count {totals["params"]:,} parameters, the Flax tree has '
-        f'{sum(tree.values()):,}.')
-  totals['param_bytes'] = int(sum(
-      leaf.size * leaf.dtype.itemsize
-      for leaf in jax.tree.leaves(variables.get('params', {}))))
-  totals['macs_conv'] = int(sum(r.macs for r in rows if r.type == 'Conv'))
-  totals['macs_dense'] = int(sum(
-      r.macs for r in rows if r.type in ('Dense', 'DenseGeneral')))
-  totals['macs_other'] = totals['macs'] - totals['macs_conv'] - totals[
-      'macs_dense']
-  totals['layers'] = sum(1 for r in rows if r.type != 'unused')
-  dtype = getattr(module, 'dtype', None) if not isinstance(model, str) \
-      else dtype
+  rows += _unused_rows(_param_leaves(params), calls, row_calls, first_use,
+                       recorder.paths)
   return Summary(model=name, input_shape=tuple(input_shape),
                  num_classes=num_classes,
                  dtype=str(jnp.dtype(layers.as_dtype(dtype or 'float32'))),
-                 train=train,
-                 rows=rows, totals=totals, warnings=sorted(set(flow.warnings)))
+                 train=train, rows=rows, totals=_totals(rows, params),
+                 warnings=sorted(set(flow.warnings)))
 
 
 def xla_cost_analysis(model: str | nn.Module,
@@ -488,11 +538,11 @@ def xla_cost_analysis(model: str | nn.Module,
   else:
     module = model
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  kwargs = {'train': False} if summary_trace.accepts_train(module) else {}
+  kwargs = {'train': False} if trace.accepts_train(module) else {}
   variables = jax.eval_shape(
       lambda x: module.init(jax.random.key(0), x, **kwargs), x)
   apply = jax.jit(lambda v, x: module.apply(v, x, **kwargs))
-  with layers.reference_convolutions():  # the network, not its CPU forms.
+  with forms.reference_convolutions():  # the network, not its CPU forms.
     cost = apply.lower(variables, x).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per device.
     cost = cost[0]
@@ -512,194 +562,3 @@ def xla_flops(model: str | nn.Module,
   `Summary.totals['flops']` within a tolerance, not exactly.
   """
   return xla_cost_analysis(model, input_shape, num_classes, dtype)['flops']
-
-
-# ----------------------------------------------------------------------------
-# Printing.
-
-
-def _si(n: float) -> str:
-  for div, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'K')):
-    if abs(n) >= div:
-      return f'{n / div:.2f}{suffix}'
-  return f'{n:g}'
-
-
-def _bytes(n: float) -> str:
-  for div, suffix in ((2**30, 'GiB'), (2**20, 'MiB'), (2**10, 'KiB')):
-    if n >= div:
-      return f'{n / div:.1f} {suffix}'
-  return f'{int(n)} B'
-
-
-def _describe(r: LayerRow) -> str:
-  dims = lambda t: 'x'.join(str(v) for v in t)
-  if r.type == 'Conv':
-    text = f'conv {dims(r.kernel)}/{dims(sorted(set(r.strides)))}'
-    if r.groups and r.groups > 1:
-      text += f' g{r.groups}'
-    if r.dilation and set(r.dilation) != {1}:
-      text += f' d{dims(r.dilation)}'
-    return text
-  if r.type == 'Pool':
-    return f'{r.pool}pool {dims(r.kernel)}/{dims(sorted(set(r.strides)))}'
-  if r.type == 'GlobalAvgPool':
-    return 'global avgpool'
-  return {'Dense': 'dense', 'BatchNorm': 'batchnorm', 'Flatten': 'flatten',
-          'Attention': 'attention', 'matmul': 'matmul'}.get(r.type, r.type)
-
-
-def _rf_text(v: tuple[int, ...] | None) -> str:
-  if not v:
-    return '-'
-  return str(v[0]) if len(set(v)) == 1 else 'x'.join(map(str, v))
-
-
-def _format_table(s: Summary) -> str:
-  head = ('layer', 'type', 'output', 'units', 'weights', 'connections',
-          'memory', 'FLOPs', 'RF', 'jump')
-  lines = []
-  for r in s.rows:
-    name = r.name[len('backbone/'):] if r.name.startswith('backbone/') else \
-        r.name
-    lines.append((
-        name, _describe(r), 'x'.join(map(str, r.output_shape)) or '-',
-        f'{r.units:,}' if r.units else '-',
-        f'{r.params:,}' if r.params else '-',
-        f'{r.connections:,}' if r.connections else '-',
-        _bytes(r.activation_bytes) if r.activation_bytes else '-',
-        _si(r.flops) if r.flops else '-', _rf_text(r.rf), _rf_text(r.jump)))
-  t = s.totals
-  total = ('total', '', '', f'{t["units"]:,}', f'{t["params"]:,}',
-           f'{t["connections"]:,}', _bytes(t['activation_bytes']),
-           _si(t['flops']), '', '')
-  widths = [max(len(row[i]) for row in [head, total, *lines])
-            for i in range(len(head))]
-
-  def fmt(row):
-    return '  '.join(c.ljust(w) if i < 3 else c.rjust(w)
-                     for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                     ).rstrip()
-
-  rule = '-' * len(fmt(head))
-  h, w, c = s.input_shape
-  out = [f'{s.model}: input {h}x{w}x{c}, {s.num_classes} classes, {s.dtype}, '
-         f'{"train" if s.train else "eval"} mode, per image',
-         rule, fmt(head), rule, *map(fmt, lines), rule, fmt(total), rule]
-  out.append(
-      f'params {t["params"]:,} ({t["params_without_bias"]:,} without biases, '
-      f'{_bytes(t["param_bytes"])}); multiply-adds {t["macs"]:,} '
-      f'({_si(t["macs"])}: conv {_si(t["macs_conv"])}, dense '
-      f'{_si(t["macs_dense"])}, other {_si(t["macs_other"])}); '
-      f'FLOPs = 2 x MACs + pooling = {_si(t["flops"])}; activations '
-      f'{t["units"]:,} units = {_bytes(t["activation_bytes"])}.')
-  groups = s.groups()
-  if len(groups) > 1:
-    width = max(len(g) for g in groups)
-    flops = max(t['flops'], 1)
-    out.append('by group:')
-    for g, v in groups.items():
-      out.append(
-          f'  {g.ljust(width)}  {_si(v["params"]):>8s} params  '
-          f'{_si(v["flops"]):>8s} FLOPs ({100 * v["flops"] / flops:5.1f}%)  '
-          f'{_bytes(v["activation_bytes"]):>10s} activations')
-  out.append('connections = multiply-adds without bias (+ pooling reads); '
-             'weights include biases; memory = output units x dtype bytes; '
-             'RF/jump in input pixels.')
-  out.extend(f'warning: {w}' for w in s.warnings)
-  return '\n'.join(out)
-
-
-def print_summary(model_name: str, input_shape: Sequence[int] | None = None,
-                  num_classes: int | None = None, dtype: Any = 'float32',
-                  as_json: bool = False, file=None, **overrides) -> Summary:
-  """Prints the table (or JSON) of `summarize(...)` and returns the Summary."""
-  s = summarize(model_name, input_shape, num_classes, dtype, **overrides)
-  print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
-  return s
-
-
-def print_summary_for_config(config, as_json: bool = False,
-                             file=None) -> Summary:
-  """`main.py --mode=summary`: the model of a training config, as trained.
-
-  The model is `config.model_name` with the backbone options `config.model`
-  and compute dtype `config.dtype`. Input shape and classes are those of
-  `config.input.dataset` where it is a local data set (answered without
-  reading any file); for other (tfds) names, whose metadata would need the
-  data, the model's natural input and classes. `config.input.image_size` > 0
-  resizes the input as the trainer does.
-  """
-  name = config.model_name
-  spec = registry.get_spec(name)
-  shape, classes = tuple(spec.input_shape), spec.num_classes
-  size = int(config.input.get('image_size', 0) or 0)
-  try:
-    from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
-    if config.input.dataset in datasets.local_names():
-      info = datasets.get_dataset_info(config.input.dataset)
-      shape, classes = tuple(info.image_shape), info.num_classes
-  except ImportError:  # The model library used without the data pipeline.
-    pass
-  if size > 0:
-    shape = (size, size, shape[2])
-  overrides = config.model.to_dict() if 'model' in config else {}
-  s = summarize(name, shape, classes, config.get('dtype', 'float32'),
-                **overrides)
-  print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
-  return s
-
-
-def list_descriptions() -> str:
-  """One line per registered model: name, input, classes, description."""
-  lines = []
-  for name in registry.list_models():
-    spec = registry.get_spec(name)
-    shape = 'x'.join(map(str, spec.input_shape))
-    lines.append(f'{name:20s} {shape:>11s} {spec.num_classes:>5d}  '
-                 f'{spec.description}')
-  return '\n'.join(lines)
-
-
-def _parse_shape(text: str) -> tuple[int, int, int]:
-  parts = [int(p) for p in re.split(r'[,x ]+', text.strip()) if p]
-  if len(parts) != 3:
-    raise argparse.ArgumentTypeError(
-        f'--input_shape must be H,W,C (e.g. 224,224,3), got {text!r}.')
-  return tuple(parts)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m cnn.summary',
-      description='Per-layer units, weights, connections, memory, FLOPs and '
-                  'receptive fields of a registered model (no compute).')
-  parser.add_argument('--model', help='registry name, e.g. lenet5, resnet50')
-  parser.add_argument('--input_shape', type=_parse_shape,
-                      help='H,W,C (default: the model\'s natural input)')
-  parser.add_argument('--num_classes', type=int, default=None)
-  parser.add_argument('--dtype', default='float32',
-                      help='compute dtype: float32 or bfloat16')
-  parser.add_argument('--train', action='store_true',
-                      help='count the training forward pass (aux heads)')
-  parser.add_argument('--json', action='store_true', help='print JSON')
-  parser.add_argument('--list', action='store_true',
-                      help='list registered models and exit')
-  args = parser.parse_args(argv)
-  if args.list:
-    print(list_descriptions())
-    return 0
-  if not args.model:
-    parser.error('--model is required (or --list).')
-  try:
-    s = summarize(args.model, args.input_shape, args.num_classes, args.dtype,
-                  train=args.train)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(s.to_json() if args.json else s.table())
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn import layers
+from cnn.kernels import forms
 
 _MARK = '__cnnsum'
 _MARK_RE = re.compile(_MARK + r'(\d+)')
@@ -73,7 +74,7 @@ class Recorder:
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
     self.paths.add(tuple(module.path))
-    # A subclass calling super().__call__ (layers.Conv) is one layer call.
+    # A subclass calling super().__call__ (forms.Conv) is one layer call.
     if context.method_name != '__call__' or (
         self._active and self._active[-1] is module):
       return next_fun(*args, **kwargs)
@@ -124,7 +125,7 @@ def trace(module: nn.Module, input_shape: Sequence[int], train: bool):
       return module.apply(variables, x, **kwargs)
 
   # Count convolutions as convolutions, whatever faster form the CPU uses.
-  with layers.reference_convolutions():
+  with forms.reference_convolutions():
     closed = jax.make_jaxpr(forward)(x, variables)
   return variables, recorder, closed
 

@@ -1,0 +1,7 @@
+"""`python -m cnn.summary`: see `cnn/summary/cli.py`."""
+
+import sys
+
+from cnn.summary import cli
+
+sys.exit(cli.main())

@@ -1,0 +1,391 @@
+"""Sweeps: one config file, many runs, each in its own sub-directory.
+
+A sweep config is an ordinary config file with one more function,
+`get_sweep()`, returning the members as a list of override dicts built with
+the helpers below (the vocabulary of Google's JAX codebases: `hyper.sweep`,
+`product`, `zipit`, `chainit`, `fixed`):
+
+  def get_sweep():
+    return sweep.product(
+        sweep.axis('model_name', ['plain20', 'resnet20']),
+        sweep.axis('seed', range(3)))
+
+`python main.py --config=configs/<study>.py --workdir=DIR` runs every member
+into `DIR/<name>/`. A member's name comes from its overrides
+(`plain20-seed1`), never from its position, so adding members later renames
+nothing. All state is in files:
+
+  DIR/sweep.json          the definition and the member list (written first)
+  DIR/<name>/config.json, metrics.jsonl, checkpoints/   the spine's run files
+  DIR/<name>/result.json  status ('completed' or 'failed' + message) and
+                          provenance (git commit, versions, devices), written
+                          atomically when the member ends
+
+A completed member is skipped, a half-finished one resumes from its
+checkpoint, a failed one is tried again. `cnn.sweep_results` aggregates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable, Iterable, Sequence
+
+import ml_collections
+from absl import logging
+
+from cnn import errors
+
+Overrides = dict[str, Any]
+PLAN_FILE = 'sweep.json'
+RESULT_FILE = 'result.json'
+
+
+class SweepError(errors.UserError):
+  """A sweep definition or workdir that cannot be run as given."""
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def axis(key: str, values: Iterable[Any]) -> list[Overrides]:
+  """One member per value of the dotted config field `key`."""
+  return [{key: v} for v in values]
+
+
+def fixed(key: str, value: Any) -> list[Overrides]:
+  """A one-member sweep setting `key` (to combine with `product`)."""
+  return [{key: value}]
+
+
+def product(*sweeps: Sequence[Overrides]) -> list[Overrides]:
+  """Every combination, the last sweep varying fastest."""
+  return [_merge(combo) for combo in itertools.product(*sweeps)]
+
+
+def zipit(*sweeps: Sequence[Overrides]) -> list[Overrides]:
+  """Member i of every sweep together; the sweeps must be equally long."""
+  lengths = {len(s) for s in sweeps}
+  if len(lengths) > 1:
+    raise SweepError(f'zipit needs sweeps of equal length, got {lengths}.')
+  return [_merge(combo) for combo in zip(*sweeps)]
+
+
+def chainit(*sweeps: Sequence[Overrides]) -> list[Overrides]:
+  """The members of each sweep, one after the other."""
+  return [dict(m) for s in sweeps for m in s]
+
+
+def _merge(dicts: Iterable[Overrides]) -> Overrides:
+  merged: Overrides = {}
+  for d in dicts:
+    for k, v in d.items():
+      if k in merged and merged[k] != v:
+        raise SweepError(f'Two sweep axes set {k!r} ({merged[k]!r}, {v!r}).')
+      merged[k] = v
+  return merged
+
+
+def member_name(overrides: Overrides) -> str:
+  """A readable, stable directory name: `model_name`'s value as is, every
+  other field as its last dotted part + value ('plain56-seed1',
+  'resnet20-width0.5-seed0'); characters outside [A-Za-z0-9._=+-] become
+  '_'."""
+  parts = []
+  for key, value in overrides.items():
+    text = (f'{value:g}' if isinstance(value, float) else
+            'x'.join(map(str, value)) if isinstance(value, (tuple, list))
+            else str(value))
+    parts.append(text if key == 'model_name' else key.split('.')[-1] + text)
+  return re.sub(r'[^A-Za-z0-9._=+-]', '_', '-'.join(parts)) or 'base'
+
+
+# ------------------------------------------------------------------ members
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One run of a sweep: its directory name and its config overrides."""
+
+  name: str
+  overrides: Overrides
+
+
+def members_of(sweep: Sequence[Overrides],
+               name_fn: Callable[[Overrides], str] = member_name
+               ) -> list[Member]:
+  """Names every member; two members with the same name are an error."""
+  members, seen = [], {}
+  for overrides in sweep:
+    name = name_fn(overrides)
+    if name in seen:
+      raise SweepError(
+          f'Two sweep members are both named {name!r} ({seen[name]} and '
+          f'{overrides}); make their overrides differ or pass a name '
+          'function.')
+    seen[name] = overrides
+    members.append(Member(name, dict(overrides)))
+  return members
+
+
+def member_config(base: ml_collections.ConfigDict, member: Member
+                  ) -> ml_collections.ConfigDict:
+  """`base` with the member's overrides applied, locked.
+
+  A `model_name` override also swaps `config.model` for that model's own
+  backbone options (`registry.backbone_options`: a plain twin gets
+  `residual=False`, another depth its `stage_sizes`), keeping the options
+  the base config changed from its own model's defaults (e.g. a `width`
+  given on the command line) where the new model has them. An unknown field
+  or a value of the wrong type fails naming the member and the field.
+  """
+  config = ml_collections.ConfigDict(base.to_dict(preserve_field_references
+                                                  =True))
+  name = member.overrides.get('model_name', base.model_name)
+  if name != base.model_name:
+    from cnn.models import registry  # pylint: disable=g-import-not-at-top
+    base_defaults = registry.backbone_options(base.model_name)
+    model = registry.backbone_options(name)
+    model.update({k: v for k, v in base.model.items()
+                  if k in model and base_defaults.get(k) != v})
+    config.model_name = name
+    config.model = ml_collections.ConfigDict(model)
+  config.lock()
+  for dotted, value in member.overrides.items():
+    node, parts = config, dotted.split('.')
+    try:
+      for part in parts[:-1]:
+        node = node[part]
+      if parts[-1] not in node:
+        raise KeyError(parts[-1])
+      node[parts[-1]] = value
+    except (AttributeError, KeyError) as e:
+      valid = sorted(node.keys()) if hasattr(node, 'keys') else []
+      raise SweepError(
+          f'Sweep member {member.name!r}: unknown config field '
+          f'config.{dotted} ({e}); valid fields there: {valid}.') from None
+    except TypeError as e:
+      raise SweepError(f'Sweep member {member.name!r}: config.{dotted}='
+                       f'{value!r} has the wrong type ({e}).') from None
+  return config
+
+
+def select(members: Sequence[Member], name: str) -> Member:
+  for m in members:
+    if m.name == name:
+      return m
+  raise SweepError(f'No sweep member {name!r}; members: '
+                   f'{[m.name for m in members]}.')
+
+
+# --------------------------------------------------------------------- plan
+
+
+def _definition(base: ml_collections.ConfigDict, sweep_name: str) -> dict:
+  """What makes two sweeps the same sweep: the config file and the base
+  experiment (members may be added; finished ones are never redone)."""
+  from cnn import checkpoint  # pylint: disable=g-import-not-at-top
+  return json.loads(json.dumps(dict(
+      sweep=sweep_name, base=checkpoint.experiment_identity(base))))
+
+
+def write_plan(workdir: str, base: ml_collections.ConfigDict,
+               sweep_name: str, members: Sequence[Member]) -> None:
+  """Writes `sweep.json`, refusing a workdir made by another sweep.
+
+  Members already listed keep their entry (a member whose overrides changed
+  under the same name is refused); new members are appended.
+  """
+  path = os.path.join(workdir, PLAN_FILE)
+  definition = _definition(base, sweep_name)
+  listed: list[dict] = []
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old['definition'] != definition:
+      diff = [k for k in definition['base']
+              if old['definition']['base'].get(k) != definition['base'][k]]
+      what = (f"sweep {old['definition']['sweep']!r}"
+              if old['definition']['sweep'] != sweep_name else
+              f'another base experiment (differs in {diff})')
+      raise SweepError(
+          f'{workdir} holds {what}; nothing was changed. Use a new '
+          '--workdir for this sweep.')
+    listed = old['members']
+  by_name = {m['name']: m for m in listed}
+  for m in members:
+    overrides = json.loads(json.dumps(m.overrides))
+    if m.name in by_name and by_name[m.name]['overrides'] != overrides:
+      raise SweepError(
+          f'Sweep member {m.name!r} in {workdir} was run with overrides '
+          f"{by_name[m.name]['overrides']}, now {overrides}; nothing was "
+          'changed. Give the new member another name or use a new --workdir.')
+    if m.name not in by_name:
+      listed.append(dict(name=m.name, overrides=overrides))
+      by_name[m.name] = listed[-1]
+  os.makedirs(workdir, exist_ok=True)
+  write_json_atomically(path, dict(definition=definition, members=listed))
+
+
+def write_json_atomically(path: str, data: Any) -> None:
+  """Temp file + rename: a kill leaves the old file or the new one."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(data, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_result(member_dir: str) -> dict | None:
+  path = os.path.join(member_dir, RESULT_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def provenance() -> dict[str, Any]:
+  """Git commit, library versions and devices of this process."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(
+        ['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True,
+        text=True, timeout=10, check=True).stdout.strip()
+    dirty = bool(subprocess.run(
+        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
+        capture_output=True, text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = None, None
+  return dict(git_commit=commit, git_dirty=dirty, jax=jax.__version__,
+              flax=flax.__version__, python=sys.version.split()[0],
+              backend=jax.default_backend(),
+              devices=[str(d) for d in jax.devices()],
+              process_count=jax.process_count())
+
+
+# ---------------------------------------------------------------------- run
+
+
+@dataclasses.dataclass
+class SweepOutcome:
+  """completed / failed / preempted: member names; skipped: finished ones."""
+
+  completed: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  failed: dict[str, str] = dataclasses.field(default_factory=dict)
+  preempted: str | None = None
+
+  @property
+  def exit_code(self) -> int:
+    return 3 if self.preempted else 1 if self.failed else 0
+
+
+def run_member(config: ml_collections.ConfigDict, member: Member,
+               workdir: str) -> str:
+  """Trains one member in `workdir/<name>`; returns its status.
+
+  'completed' and 'failed' are written to result.json; 'preempted' writes
+  nothing (the checkpoint is saved and a rerun resumes); 'skipped' means
+  result.json already said completed.
+  """
+  from cnn import train  # pylint: disable=g-import-not-at-top
+  member_dir = os.path.join(workdir, member.name)
+  previous = read_result(member_dir)
+  if previous and previous['status'] == 'completed':
+    return 'skipped'
+  start = time.time()
+  record = dict(name=member.name, overrides=member.overrides)
+  try:
+    result = train.train_and_evaluate(config, member_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    # Recorded and reported; the sweep goes on with the next member.
+    logging.error('Sweep member %s failed:\n%s', member.name,
+                  traceback.format_exc())
+    record.update(status='failed', error=f'{type(e).__name__}: {e}')
+  else:
+    if result.status == 'preempted':
+      return 'preempted'
+    record.update(status='completed', step=result.step,
+                  final_metrics=result.metrics)
+  record.update(wall_time_s=time.time() - start, **provenance())
+  os.makedirs(member_dir, exist_ok=True)
+  write_json_atomically(os.path.join(member_dir, RESULT_FILE), record)
+  return record['status']
+
+
+def run_local(base: ml_collections.ConfigDict, members: Sequence[Member],
+              workdir: str) -> SweepOutcome:
+  """Runs every unfinished member in this process, one after the other
+  (members with equal shapes share compiled steps; data is loaded once)."""
+  configs = [member_config(base, m) for m in members]  # all fail first.
+  outcome = SweepOutcome()
+  for member, config in zip(members, configs, strict=True):
+    logging.info('Sweep member %s: %s', member.name, member.overrides)
+    status = run_member(config, member, workdir)
+    if status == 'preempted':
+      outcome.preempted = member.name
+      break
+    if status == 'failed':
+      outcome.failed[member.name] = read_result(
+          os.path.join(workdir, member.name))['error']
+    else:
+      getattr(outcome, status).append(member.name)
+  return outcome
+
+
+def unfinished(members: Sequence[Member], workdir: str) -> list[Member]:
+  return [m for m in members
+          if (read_result(os.path.join(workdir, m.name)) or {}).get('status')
+          != 'completed']
+
+
+def submit(members: Sequence[Member], workdir: str, command: list[str],
+           executor: Any) -> list[Any]:
+  """Hands unfinished members to a submitit executor: one job (an array
+  task on SLURM) per member, each running `command + ['--member=NAME']`
+  (`python main.py` with the same flags) from the repository root.
+
+  Returns the submitit jobs.
+  """
+  todo = unfinished(members, workdir)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  commands = [[*command, f'--member={m.name}'] for m in todo]
+  with executor.batch():
+    jobs = [executor.submit(_run_command, c, repo) for c in commands]
+  for m, job in zip(todo, jobs, strict=True):
+    logging.info('Sweep member %s: job %s', m.name, job.job_id)
+  return jobs
+
+
+def _run_command(command: list[str], cwd: str) -> int:
+  """What a cluster job runs: the member's own `main.py` process."""
+  returncode = subprocess.run(command, cwd=cwd).returncode
+  if returncode not in (0, 3):
+    raise RuntimeError(f'{command} exited with status {returncode}.')
+  return returncode
+
+
+def summary_line(outcome: SweepOutcome, members: Sequence[Member],
+                 workdir: str) -> str:
+  left = [m.name for m in unfinished(members, workdir)]
+  parts = [f'{len(members) - len(left)} of {len(members)} members completed '
+           f'({len(outcome.completed)} now, {len(outcome.skipped)} before)']
+  if outcome.failed:
+    parts.append('failed: ' + '; '.join(f'{k} ({v})'
+                                        for k, v in outcome.failed.items()))
+  if outcome.preempted:
+    parts.append(f'stopped during {outcome.preempted}: rerun the same '
+                 'command to continue')
+  if left:
+    parts.append(f'still missing: {left}')
+  return '. '.join(parts) + '.'

@@ -1,0 +1,74 @@
+"""The notebooks are code: both run top to bottom on tiny saved results."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from cnn import analysis, sweep
+from tests.helpers import REPO, tiny_config
+
+
+def _execute(name: str, env: dict[str, str]) -> None:
+  """Runs notebooks/NAME from notebooks/, as Jupyter would, with `env`."""
+  path = os.path.join(REPO, 'notebooks', name)
+  notebook = nbformat.read(path, as_version=4)
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)  # the kernel inherits the environment.
+  try:
+    NotebookClient(notebook, timeout=300, kernel_name='python3',
+                   resources={'metadata': {'path': os.path.dirname(path)}}
+                   ).execute()
+  finally:
+    for k, v in old.items():
+      if v is None:
+        os.environ.pop(k)
+      else:
+        os.environ[k] = v
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  """A two-member sweep (plain vs residual twins, one tiny epoch each),
+  run and exported like the committed results."""
+  workdir = tmp_path_factory.mktemp('sweep')
+  base = tiny_config(**{'input.train_subset': 128, 'input.test_subset': 128,
+                        'num_epochs': 1.0, 'eval_on_train': True,
+                        'eval_every_epochs': 0.5})
+  members = sweep.members_of(sweep.axis('model_name', ['lenet5']))
+  members += [sweep.Member('lenet5-seed1', dict(model_name='lenet5',
+                                                seed=1))]
+  sweep.write_plan(str(workdir), base, 'tiny', members)
+  outcome = sweep.run_local(base, members, str(workdir))
+  assert outcome.exit_code == 0
+  export = workdir / 'export'
+  analysis.export(str(workdir), str(export))
+  assert not (export / 'lenet5' / 'checkpoints').exists()
+  return workdir, export
+
+
+def test_analysis_notebook_runs(tiny_sweep):
+  _, export = tiny_sweep
+  _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
+                              'RECEPTIVE_FIELD_STUDY': str(export)})
+
+
+def test_training_curves_notebook_runs(tiny_sweep):
+  workdir, _ = tiny_sweep
+  _execute('training_curves.ipynb', {'CNN_RUNS_DIR': str(workdir)})
+
+
+def test_analysis_figures_are_written(tiny_sweep, tmp_path):
+  _, export = tiny_sweep
+  study = analysis.load(str(export))
+  assert [r['status'] for r in study.rows] == ['completed'] * 2
+  assert len(study.curves['lenet5']['step']) == 2  # two evaluations
+  for draw in (analysis.depth_curves, analysis.error_vs_depth,
+               analysis.accuracy_vs_params):
+    path = tmp_path / f'{draw.__name__}.png'
+    draw(study, str(path))
+    assert path.stat().st_size > 1000
+  assert '| lenet5 |' in analysis.table(study)
