@@ -3,7 +3,7 @@
     python main.py --config=configs/receptive_field_fmnist.py \
         --workdir=runs/receptive_field_fmnist
 
-configs/receptive_field.py's four forms and seeds, reduced: the first 10,000
+configs/receptive_field.py's four forms and seeds, reduced: the first 5,000
 training images (flips only), the full test set, 8 epochs of a cosine
 schedule. About 15 minutes for all twelve members here.
 """
@@ -19,7 +19,7 @@ member_name = receptive_field.member_name
 def get_config() -> ml_collections.ConfigDict:
   config = receptive_field.get_config()
   config.input.dataset = 'fashion_mnist'
-  config.input.train_subset = 10_000
+  config.input.train_subset = 5_000
   config.input.augment.crop_padding = 0
   config.num_epochs = 8.0
   return config
