@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'summary', 'results')
+MODES = ('train', 'summary', 'results', 'inspect')
 LAUNCHERS = ('local', 'slurm', 'submitit_local')
 
 config_flags.DEFINE_config_file(
@@ -37,7 +37,8 @@ flags.DEFINE_enum('mode', 'train', MODES,
                   'train: train and evaluate (resuming from workdir; every '
                   'member of a sweep config); summary: print the '
                   'size-accounting table of the model; results: aggregate a '
-                  'sweep workdir into results.csv/json.')
+                  'sweep workdir into results.csv/json; inspect: write '
+                  'figures of a trained workdir to WORKDIR/figures/.')
 flags.DEFINE_string('member', None,
                     'Sweep configs: run only this member (by name).')
 flags.DEFINE_enum('launcher', 'local', LAUNCHERS,
@@ -175,6 +176,10 @@ def main(argv):
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from cnn import errors, train  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.mode == 'inspect':
+      from cnn.visualize import run  # pylint: disable=g-import-not-at-top
+      run.write_all(config, FLAGS.workdir)
+      return
     if sweep_module is not None:
       sys.exit(_run_sweep(config, sweep_name, sweep_module))
     result = train.train_and_evaluate(config, FLAGS.workdir)

@@ -17,6 +17,16 @@ default config, plus the crop):
                    of tf.data (parallel map + prefetch), as the trainer
                    consumes them.
 
+  streaming        (`--streaming`) `StreamingSource.iterator()` over a
+                   generated folder of JPEGs (`folder:`): read, JPEG decode,
+                   Inception crop + flip, batch, normalise; run in a child
+                   process per folder size, which reports images/s and its
+                   peak resident memory (VmHWM), against ResNet-20 (and with
+                   `--resnet50`, ResNet-50) training on the same image size:
+
+    python -m benchmarks.input_throughput --streaming \
+        --stream_images=1000,2000 --image_size=64
+
 and the LeNet-5 training throughput (`jax`, the step as committed, and
 `jax_plain`, the naive network, of `benchmarks.train_throughput`), measured
 interleaved with the pipelines. The target is pipeline >= 3 x training
@@ -28,7 +38,11 @@ alone.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -39,15 +53,15 @@ import numpy as np  # noqa: E402
 import input_pipeline  # noqa: E402
 from benchmarks import train_throughput as tt  # noqa: E402
 from cnn import host_memory, steps  # noqa: E402
+from configs import default  # noqa: E402
 
 
 def input_config(args) -> dict:
   augment = input_pipeline.default_augment_config()
   augment.update(flip_lr=True, crop_padding=args.crop_padding)
-  return dict(dataset='fashion_mnist', data_dir=None, manual_dir=None,
-              download=False, pipeline='device', batch_size=args.batch_size,
-              eval_batch_size=1000, train_subset=0, test_subset=0,
-              image_size=0, augment=augment)
+  return dict(default.get_config().input.to_dict(), dataset='fashion_mnist',
+              pipeline='device', batch_size=args.batch_size,
+              eval_batch_size=1000, augment=augment)
 
 
 def device_pipeline_runner(source, seed: int):
@@ -113,6 +127,101 @@ def tfdata_runner(source):
   return run
 
 
+def write_jpeg_folder(root: str, num_images: int, side: int = 256,
+                      num_classes: int = 10) -> str:
+  """`num_images` random-texture JPEGs of side x side in `root`/{train,test}
+  (test: one per class), for `folder:` streaming."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  # A few distinct textures reused: decoding cost does not depend on content
+  # much, generating thousands of random images would dominate set-up.
+  textures = [Image.fromarray(rng.integers(0, 256, (side // 8, side // 8, 3),
+                                           dtype=np.uint8)).resize(
+                                               (side, side))
+              for _ in range(16)]
+  for split, count in (('train', num_images), ('test', num_classes)):
+    for i in range(count):
+      cls = f'class{i % num_classes:02d}'
+      os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+      textures[i % len(textures)].save(
+          os.path.join(root, split, cls, f'{i:06d}.jpg'), quality=90)
+  return root
+
+
+def peak_rss_mib() -> float:
+  """This process's resident-memory high-water mark (VmHWM), MiB."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def stream_child(root: str, image_size: int, batch_size: int,
+                 steps: int) -> None:
+  """Child process: streams one epoch-length of batches, prints JSON."""
+  inp = dict(dataset=f'folder:{root}', data_dir=None, manual_dir=None,
+             download=False, pipeline='tfdata', batch_size=batch_size,
+             eval_batch_size=batch_size, train_subset=0, test_subset=0,
+             image_size=image_size,
+             augment=input_pipeline.default_augment_config(),
+             streaming='always', stream_threshold_bytes=2**30,
+             preprocess='imagenet', shuffle_buffer=1000, stats_sample=100)
+  source = input_pipeline.create_train_source(inp, seed=0,
+                                              global_batch_size=batch_size)
+  iterator = source.iterator(0)
+  next(iterator)  # warm-up: the pipeline's threads and first files.
+  rss_before = peak_rss_mib()
+  start = time.perf_counter()
+  n = min(steps, source.steps_per_epoch * 3)
+  for _ in range(n):
+    next(iterator)
+  rate = n * batch_size / (time.perf_counter() - start)
+  print(json.dumps(dict(images_per_s=rate, peak_rss_mib=peak_rss_mib(),
+                        rss_after_warmup_mib=rss_before, batches=n)))
+
+
+def streaming_benchmark(args) -> None:
+  sizes = [int(x) for x in args.stream_images.split(',')]
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for count in sizes:
+      root = os.path.join(tmp, f'n{count}')
+      t0 = time.perf_counter()
+      write_jpeg_folder(root, count, args.stream_side)
+      print(f'{count} JPEGs of {args.stream_side}x{args.stream_side} written '
+            f'in {time.perf_counter() - t0:.1f} s')
+      out = subprocess.run(
+          [sys.executable, '-m', 'benchmarks.input_throughput',
+           '--_stream_child', root, '--image_size', str(args.image_size),
+           '--batch_size', str(args.batch_size), '--steps', str(args.steps)],
+          capture_output=True, text=True, check=True,
+          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+      results[count] = json.loads(out.stdout.strip().splitlines()[-1])
+  shape = (args.image_size, args.image_size, 3)
+  train = {}
+  for model in ('resnet20', 'resnet50') if args.resnet50 else ('resnet20',):
+    config = tt.make_config(model, 'sgd', 'float32')
+    runner = tt.jax_runner('jax', config, shape, args.batch_size)
+    runner.run(1)
+    start = time.perf_counter()
+    runner.run(args.train_steps)
+    train[model] = (args.train_steps * args.batch_size /
+                    (time.perf_counter() - start))
+  print(f'\nstreaming folder: JPEG {args.stream_side}px -> Inception crop '
+        f'{args.image_size}px + flip, batch {args.batch_size}, load '
+        f'{os.getloadavg()[0]:.1f}')
+  print('| train JPEGs | images/s | peak RSS (MiB) | RSS after 1st batch |')
+  print('|---|---|---|---|')
+  for count, r in results.items():
+    print(f'| {count:,} | {r["images_per_s"]:,.0f} | {r["peak_rss_mib"]:,.0f}'
+          f' | {r["rss_after_warmup_mib"]:,.0f} |')
+  for model, rate in train.items():
+    best = max(r['images_per_s'] for r in results.values())
+    print(f'{model} training at {shape}: {rate:,.1f} images/s '
+          f'(streaming = {best / rate:.1f} x)')
+
+
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
   # faulting it in again (cnn/host_memory.py).
@@ -124,7 +233,23 @@ def main(argv=None) -> None:
   parser.add_argument('--steps', type=int, default=40,
                       help='batches per round and variant')
   parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--streaming', action='store_true',
+                      help='benchmark the streaming folder source only')
+  parser.add_argument('--stream_images', default='1000,2000',
+                      help='folder sizes (train JPEGs), comma-separated')
+  parser.add_argument('--stream_side', type=int, default=256)
+  parser.add_argument('--image_size', type=int, default=64)
+  parser.add_argument('--train_steps', type=int, default=5)
+  parser.add_argument('--resnet50', action='store_true')
+  parser.add_argument('--_stream_child', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  child_root = getattr(args, '_stream_child')
+  if child_root:
+    stream_child(child_root, args.image_size, args.batch_size, args.steps)
+    return
+  if args.streaming:
+    streaming_benchmark(args)
+    return
   inp = input_config(args)
   pipelines = args.pipelines.split(',')
   config = tt.make_config('lenet5', 'adamw', 'float32')

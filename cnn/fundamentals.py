@@ -571,3 +571,169 @@ def stacked_vs_single(num_layers: int, kernel_size: int = 3,
       stacked_params=num_layers * kernel_size**2 * c2,
       single_params=r * r * c2,
       stacked_nonlinearities=num_layers)
+
+
+# --------------------------------------------------------------------------
+# Backpropagation through a convolution layer.
+# --------------------------------------------------------------------------
+#
+# For y = correlate(x, w) (what a conv layer computes), y_t = sum_j w_j
+# x_{t + j}, the chain rule gives
+#   x-bar_p = sum_t y-bar_t w_{p - t} = (y-bar * w)_p   (a full convolution:
+#             every output unit whose window covers p sends back its
+#             gradient times the tap that read p), and
+#   w-bar_tau = sum_t y-bar_t x_{t + tau}               (a correlation of the
+#             input with the output gradient).
+# With stride s and dilation d, output t reads input s t - pad + d j, and the
+# same sums run over those index pairs.
+
+
+def correlate_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """x-bar of y = correlate(x, w, 'valid'), 1-D or 2-D: convolve(dy, w, 'full').
+
+  Args:
+    dy: gradient of the loss with respect to y, shape [N - K + 1] (or 2-D).
+    w: the kernel [K] (or [KH, KW]).
+
+  Returns:
+    [N] (or [H, W]) float64.
+  """
+  return convolve(dy, w, 'full')
+
+
+def correlate_weight_grad(x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+  """w-bar of y = correlate(x, w, 'valid'): correlate(x, dy, 'valid'), [K]."""
+  return correlate(x, dy, 'valid')
+
+
+def _conv_geometry(input_shape: Sequence[int], kernel_hw: tuple[int, int],
+                   stride: IntPair, padding: Padding, dilation: IntPair):
+  _, h, w, _ = input_shape
+  (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+  pad_h, pad_w = resolve_padding(padding, (h, w), kernel_hw, (sh, sw),
+                                 (dh, dw))
+  oh = conv_output_size(h, kernel_hw[0], sh, pad_h, dh)
+  ow = conv_output_size(w, kernel_hw[1], sw, pad_w, dw)
+  return (sh, sw), (dh, dw), pad_h, pad_w, oh, ow
+
+
+def conv2d_input_grad(dy: np.ndarray, w: np.ndarray,
+                      input_shape: Sequence[int], stride: IntPair = 1,
+                      padding: Padding = 'VALID', dilation: IntPair = 1
+                      ) -> np.ndarray:
+  """x-bar of y = conv2d_nhwc(x, w, stride, padding, dilation).
+
+  Every kernel tap (i, j) read input pixel s o - pad + d (i, j) for output o;
+  backwards it adds y-bar_o w[i, j]^T there (a scatter of the output gradient
+  through the transposed weights: the "transposed convolution").
+
+  Args:
+    dy: [N, OH, OW, C_out] gradient with respect to the output.
+    w: [KH, KW, C_in, C_out] weights (groups = 1).
+    input_shape: (N, H, W, C_in) of x.
+    stride, padding, dilation: as in `conv2d_nhwc`.
+
+  Returns:
+    [N, H, W, C_in] float64.
+  """
+  dy, w = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+  kh, kw = w.shape[:2]
+  (sh, sw), (dh, dw), pad_h, pad_w, oh, ow = _conv_geometry(
+      input_shape, (kh, kw), stride, padding, dilation)
+  if dy.shape[1:3] != (oh, ow):
+    raise ValueError(f'dy has spatial shape {dy.shape[1:3]}, the convolution '
+                     f'gives {(oh, ow)}.')
+  n, h, wd, cin = input_shape
+  xp = np.zeros((n, h + sum(pad_h), wd + sum(pad_w), cin))
+  for i in range(kh):
+    for j in range(kw):
+      xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+         j * dw:j * dw + (ow - 1) * sw + 1:sw, :] += dy @ w[i, j].T
+  return xp[:, pad_h[0]:pad_h[0] + h, pad_w[0]:pad_w[0] + wd, :]
+
+
+def conv2d_weight_grad(x: np.ndarray, dy: np.ndarray,
+                       kernel_hw: tuple[int, int], stride: IntPair = 1,
+                       padding: Padding = 'VALID', dilation: IntPair = 1
+                       ) -> np.ndarray:
+  """w-bar of y = conv2d_nhwc(x, w, ...): w-bar[i, j] = sum over images and
+  output positions of x_tap^T y-bar, where x_tap is what tap (i, j) read.
+
+  Args:
+    x: [N, H, W, C_in] input.
+    dy: [N, OH, OW, C_out] gradient with respect to the output.
+    kernel_hw: (KH, KW).
+    stride, padding, dilation: as in `conv2d_nhwc`.
+
+  Returns:
+    [KH, KW, C_in, C_out] float64.
+  """
+  x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+  kh, kw = kernel_hw
+  (sh, sw), (dh, dw), pad_h, pad_w, oh, ow = _conv_geometry(
+      x.shape, (kh, kw), stride, padding, dilation)
+  xp = np.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  dw_ = np.zeros((kh, kw, x.shape[-1], dy.shape[-1]))
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+               j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
+      dw_[i, j] = np.einsum('nhwc,nhwd->cd', tap, dy)
+  return dw_
+
+
+def _padding_1d(padding) -> Padding:
+  if isinstance(padding, str):
+    return padding
+  lo, hi = _pair(padding)
+  return (0, 0), (lo, hi)
+
+
+def conv1d_input_grad(dy: np.ndarray, w: np.ndarray,
+                      input_shape: Sequence[int], stride: int = 1,
+                      padding: str | int | tuple[int, int] = 'VALID',
+                      dilation: int = 1) -> np.ndarray:
+  """x-bar of a 1-D cross-correlation, NWC/WIO: dy [N, OL, C_out], w [K,
+  C_in, C_out], input_shape (N, L, C_in) -> [N, L, C_in] float64."""
+  n, length, cin = input_shape
+  dx = conv2d_input_grad(np.asarray(dy)[:, None], np.asarray(w)[None],
+                         (n, 1, length, cin), (1, stride),
+                         _padding_1d(padding), (1, dilation))
+  return dx[:, 0]
+
+
+def conv1d_weight_grad(x: np.ndarray, dy: np.ndarray, kernel_size: int,
+                       stride: int = 1,
+                       padding: str | int | tuple[int, int] = 'VALID',
+                       dilation: int = 1) -> np.ndarray:
+  """w-bar of a 1-D cross-correlation: x [N, L, C_in], dy [N, OL, C_out]
+  -> [K, C_in, C_out] float64."""
+  dw_ = conv2d_weight_grad(np.asarray(x)[:, None], np.asarray(dy)[:, None],
+                           (1, kernel_size), (1, stride),
+                           _padding_1d(padding), (1, dilation))
+  return dw_[0]
+
+
+def input_pixel_consumers(input_hw: tuple[int, int],
+                          kernel_hw: tuple[int, int], pixel: tuple[int, int],
+                          stride: IntPair = 1, padding: Padding = 'VALID',
+                          dilation: IntPair = 1) -> np.ndarray:
+  """Which output units read input pixel `pixel`, and with which tap.
+
+  These are exactly the units whose gradients x-bar_pixel collects:
+  x-bar_p = sum over them of y-bar_o w[tap].
+
+  Returns:
+    int [OH, OW]: the flat kernel tap index i * KW + j that unit o applies
+    to `pixel`, or -1 where o does not read it.
+  """
+  (sh, sw), (dh, dw), pad_h, pad_w, oh, ow = _conv_geometry(
+      (1, *input_hw, 1), kernel_hw, stride, padding, dilation)
+  taps = np.full((oh, ow), -1)
+  for o in np.ndindex(oh, ow):
+    for i in range(kernel_hw[0]):
+      for j in range(kernel_hw[1]):
+        if (o[0] * sh - pad_h[0] + i * dh == pixel[0]
+            and o[1] * sw - pad_w[0] + j * dw == pixel[1]):
+          taps[o] = i * kernel_hw[1] + j
+  return taps

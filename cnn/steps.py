@@ -71,7 +71,8 @@ def empty_train_metrics() -> Metrics:
 
 def empty_eval_metrics() -> Metrics:
   zero = lambda: jnp.zeros((), jnp.float32)
-  return dict(loss_sum=zero(), correct_sum=zero(), count=zero())
+  return dict(loss_sum=zero(), correct_sum=zero(), count=zero(),
+              top5_sum=zero(), top5_count=zero())
 
 
 def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
@@ -145,9 +146,38 @@ def eval_step(state: TrainState, metrics: Metrics, batch: Batch,
   mask 0 are padding and do not count.
   """
   logits, _ = state.apply_fn(state.variables(), batch['image'], train=False)
-  mask = batch['mask'].astype(jnp.float32)
-  loss = cross_entropy(logits, batch['label'])
-  correct = (logits.argmax(-1) == batch['label']).astype(jnp.float32)
-  return dict(loss_sum=metrics['loss_sum'] + (loss * mask).sum(),
-              correct_sum=metrics['correct_sum'] + (correct * mask).sum(),
-              count=metrics['count'] + mask.sum())
+  return add_eval_counts(metrics, logits, batch['label'], batch['mask'])
+
+
+def top5_correct(logits: Array, labels: Array) -> Array:
+  """1.0 where the label is among the 5 largest logits. [B, K], [B] -> [B].
+
+  Counted as "fewer than 5 classes score strictly higher than the label",
+  so ties are resolved in the label's favour, as argmax's first-index rule
+  does for top-1 when the label comes first.
+  """
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  higher = (logits > label_logit).sum(-1)
+  return (higher < 5).astype(jnp.float32)
+
+
+def add_eval_counts(metrics: Metrics, logits: Array, labels: Array,
+                    mask: Array) -> Metrics:
+  """Adds loss, top-1 and (K > 5 classes) top-5 sums of a padded batch.
+
+  logits float [B, K], labels int32 [B], mask [B] (0 = padding row).
+  `top5_count` counts the rows top-5 was measured on: 0 when K <= 5, where
+  top-5 accuracy would be 1 by definition and is not reported.
+  """
+  mask = mask.astype(jnp.float32)
+  loss = cross_entropy(logits, labels)
+  correct = (logits.argmax(-1) == labels).astype(jnp.float32)
+  out = dict(loss_sum=metrics['loss_sum'] + (loss * mask).sum(),
+             correct_sum=metrics['correct_sum'] + (correct * mask).sum(),
+             count=metrics['count'] + mask.sum(),
+             top5_sum=metrics['top5_sum'], top5_count=metrics['top5_count'])
+  if logits.shape[-1] > 5:  # static: decided when the step is traced.
+    out['top5_sum'] = out['top5_sum'] + (
+        top5_correct(logits, labels) * mask).sum()
+    out['top5_count'] = out['top5_count'] + mask.sum()
+  return out

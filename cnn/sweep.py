@@ -188,12 +188,21 @@ def select(members: Sequence[Member], name: str) -> Member:
 # --------------------------------------------------------------------- plan
 
 
+# Fields of the base config that do not change what a member computes: a
+# sweep may be rerun with them changed.
+BOOKKEEPING_FIELDS = ('conv_impl', 'progress_bar', 'log_every_steps',
+                      'checkpoint_every_steps', 'keep_checkpoints')
+
+
 def _definition(base: ml_collections.ConfigDict, sweep_name: str) -> dict:
-  """What makes two sweeps the same sweep: the config file and the base
-  experiment (members may be added; finished ones are never redone)."""
-  from cnn import checkpoint  # pylint: disable=g-import-not-at-top
-  return json.loads(json.dumps(dict(
-      sweep=sweep_name, base=checkpoint.experiment_identity(base))))
+  """What makes two sweeps the same sweep: the config file and the whole
+  base config but its bookkeeping fields (members may be added; finished
+  ones are never redone, so a changed recipe needs a new workdir)."""
+  config = json.loads(base.to_json_best_effort())
+  for field in BOOKKEEPING_FIELDS:
+    config.pop(field, None)
+  config['model'].pop('remat', None)
+  return dict(sweep=sweep_name, base=config)
 
 
 def write_plan(workdir: str, base: ml_collections.ConfigDict,

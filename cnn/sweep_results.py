@@ -64,16 +64,17 @@ def test_errors(records: Sequence[dict[str, Any]]) -> list[float]:
 def _model_facts(model_name: str, model_json: str,
                  input_shape: tuple[int, int, int], num_classes: int
                  ) -> dict[str, Any]:
-  """Parameters, multiply-adds, depth and receptive field from
-  `cnn.summary`. Depth counts the conv and dense layers of the main path
+  """Parameters, multiply-adds, depth and receptive field (of the last
+  convolution) from `cnn.summary`. Depth counts the conv and dense layers of the main path
   (1x1 shortcut projections `proj_*` excluded, as in He et al.)."""
   from cnn import summary  # pylint: disable=g-import-not-at-top
   s = summary.summarize(model_name, input_shape, num_classes,
                         **json.loads(model_json))
   weighted = [r for r in s.rows if r.type in ('Conv', 'Dense')]
   convs = [r for r in weighted if r.type == 'Conv']
-  last_rf = max((r.rf for r in s.rows if r.rf), default=None,
-                key=lambda rf: rf[0] * rf[1])
+  # The field of the last convolution (before any global pooling, whose
+  # field is the whole image).
+  last_rf = convs[-1].rf if convs and convs[-1].rf else None
   return dict(
       params=s.totals['params'], macs=s.totals['macs'],
       conv_params=sum(r.params for r in convs),
@@ -154,7 +155,8 @@ def group_over_seeds(workdir: str, rows: Sequence[dict[str, Any]]
   out = []
   for key, members in groups.items():
     done = [r for r in members if r['status'] == 'completed']
-    first = members[0]
+    # Sizes from any member that got as far as writing its config.
+    first = next((r for r in members if r['model_name']), members[0])
     group = dict(group=key, n=len(done), n_planned=len(members))
     for c in ('model_name', 'depth', 'residual', 'kernel_layout', 'params',
               'conv_params', 'macs', 'receptive_field'):
@@ -199,7 +201,8 @@ def format_groups(groups: Sequence[dict[str, Any]],
           *[m.replace('_', ' ') + ' %' for m in metrics]]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + ' --- |' * len(head)]
   for g in groups:
-    cells = [g['group'], f"{g['params']:,}", g['receptive_field'],
+    params = f"{g['params']:,}" if g['params'] != '' else '–'
+    cells = [g['group'], params, g['receptive_field'],
              f"{g['n']}/{g['n_planned']}"]
     for m in metrics:
       mean, std = g[f'{m}_mean'], g[f'{m}_std']

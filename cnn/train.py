@@ -136,6 +136,11 @@ _PROGRAMS: dict[tuple, Program] = {}
 _MAX_PROGRAMS = 32
 
 
+def clear_programs() -> None:
+  """Forgets every cached `Program` (the next run compiles afresh)."""
+  _PROGRAMS.clear()
+
+
 def _step_with_batch_fn(state, metrics, inputs, *, batch_fn, **step_options):
   return steps.train_step(state, metrics, batch_fn(inputs, state.step),
                           **step_options)
@@ -201,10 +206,7 @@ def _eval_batches(input_config, batch_size: int, mesh, split: str = 'test'):
       batch_size=batch_size, process_index=jax.process_index(),
       process_count=jax.process_count())
   stream = lambda: (sharding.put_global_batch(b, mesh) for b in make())
-  info = input_pipeline.get_dataset_info(
-      input_config.dataset, data_dir=input_config.data_dir,
-      manual_dir=input_config.manual_dir, download=input_config.download,
-      image_size=input_config.image_size)
+  info = input_pipeline.get_input_info(input_config)
   subset = input_config.test_subset if split == 'test' else (
       input_config.train_subset)
   num = subset or (info.num_test if split == 'test' else info.num_train)
@@ -217,15 +219,20 @@ def _eval_batches(input_config, batch_size: int, mesh, split: str = 'test'):
 def evaluate(eval_fn, state, eval_batches, prefix: str = 'test'
              ) -> dict[str, float]:
   """Loss and accuracy over every example of `eval_batches()` exactly once,
-  as `{prefix}_loss`, `{prefix}_accuracy`, `{prefix}_count`."""
+  as `{prefix}_loss`, `{prefix}_accuracy`, `{prefix}_count`, and
+  `{prefix}_top5_accuracy` for models with more than 5 classes."""
   metrics = jax.device_put(steps.empty_eval_metrics(),
                            jax.tree.leaves(state.step)[0].sharding)
   for batch in eval_batches():
     metrics = eval_fn(state, metrics, batch)
   sums = _fetch(metrics)
-  return {f'{prefix}_loss': _mean(sums, 'loss_sum'),
-          f'{prefix}_accuracy': _mean(sums, 'correct_sum'),
-          f'{prefix}_count': int(sums['count'])}
+  record = {f'{prefix}_loss': _mean(sums, 'loss_sum'),
+            f'{prefix}_accuracy': _mean(sums, 'correct_sum'),
+            f'{prefix}_count': int(sums['count'])}
+  if sums.get('top5_count'):
+    record[f'{prefix}_top5_accuracy'] = _mean(sums, 'top5_sum',
+                                              'top5_count')
+  return record
 
 
 # -------------------------------------------------------------------- set-up
@@ -263,9 +270,9 @@ def _load_data(config: ml_collections.ConfigDict, mesh):
   names, sizes or files before anything in the workdir is written."""
   inp = config.input
   registry.get_spec(config.model_name)  # unknown names fail before data I/O.
-  info = input_pipeline.get_dataset_info(
-      inp.dataset, data_dir=inp.data_dir, manual_dir=inp.manual_dir,
-      download=inp.download, image_size=inp.image_size)
+  # In memory or streamed (input_pipeline.uses_streaming); a streamed data
+  # set is never read in full here.
+  info = input_pipeline.get_input_info(inp)
   registry.check_input_shape(config.model_name, info.image_shape)
   sharding.check_batch_size(inp.batch_size)
   source = input_pipeline.create_train_source(
@@ -285,9 +292,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   """Data, program, state (restored from the workdir's latest checkpoint if
   it has one), metric writer and checkpointer."""
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.create_mesh()
   source, eval_sets, info = _load_data(config, mesh)
+  os.makedirs(workdir, exist_ok=True)  # only once the data is known good.
   spe = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * spe)))

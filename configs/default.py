@@ -57,6 +57,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.train_subset = 0  # first N training examples (0 = all).
   config.input.test_subset = 0
   config.input.image_size = 0  # 0 = native size.
+  # Stream from disk instead of holding the split in memory: 'auto' (tfds
+  # names whose decoded train split exceeds stream_threshold_bytes; folders
+  # always), 'always' or 'never'. A streamed source ignores `pipeline`.
+  config.input.streaming = 'auto'
+  config.input.stream_threshold_bytes = 2**30  # decoded uint8 size, tfds info.
+  # Streamed data: 'resize' (square image_size, then `augment` on batches) or
+  # 'imagenet' (random-resized crop + flip / centre crop, ImageNet mean/std).
+  config.input.preprocess = 'resize'
+  config.input.shuffle_buffer = 10_000  # tfds streaming: encoded examples.
+  config.input.stats_sample = 10_000  # mean/std from at most this many.
   config.input.augment = ml_collections.ConfigDict(dict(
       crop_padding=0, flip_lr=True, flip_ud=False, rotation_degrees=0.0,
       brightness=0.0, contrast=0.0, noise_std=0.0, scale=(1.0, 1.0)))

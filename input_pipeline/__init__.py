@@ -7,7 +7,9 @@ tfds data sets import them, when used.
   load_split(name, split, ...)          -> uint8 [N,H,W,C], int32 [N]
   get_dataset_info(name, ...)           -> DatasetInfo
   create_train_source(config.input, seed=..., global_batch_size=...)
-                                         -> DeviceSource | TfDataSource
+                        -> DeviceSource | TfDataSource | StreamingSource
+  get_input_info(config.input)          -> DatasetInfo (in memory or streamed)
+  uses_streaming(config.input)          -> bool: streamed from disk?
   eval_batches(images, labels, batch_size, ...) -> padded, masked batches
   create_eval_batches(config.input, ...)   -> the same, from a config
   default_augment_config()              -> dict of augmentation options
@@ -23,7 +25,8 @@ from input_pipeline.errors import DatasetError, InputConfigError
 from input_pipeline.eval_data import eval_batches, num_eval_batches
 from input_pipeline.preprocess import normalize, to_unit_float
 from input_pipeline.sources import (TrainSource, create_eval_batches,
-                                    create_train_source)
+                                    create_train_source, get_input_info,
+                                    uses_streaming)
 
 __all__ = [
     'DatasetError',
@@ -35,9 +38,11 @@ __all__ = [
     'default_augment_config',
     'eval_batches',
     'get_dataset_info',
+    'get_input_info',
     'load_split',
     'local_names',
     'normalize',
     'num_eval_batches',
     'to_unit_float',
+    'uses_streaming',
 ]

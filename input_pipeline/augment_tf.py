@@ -240,3 +240,15 @@ def augment_batch(seed: tf.Tensor, images: tf.Tensor,
     noise = tf.random.stateless_normal([global_batch, h, w, c],
                                        noise_seed)[rows]
   return apply_params(images, params, config, noise)
+
+
+def augment_step_batch(source: Any, step: tf.Tensor, images: tf.Tensor
+                       ) -> tf.Tensor:
+  """`augment_batch` of a host train source's batch of global `step`: seeded
+  by (source.seed, step), this process's rows of the global batch."""
+  seed = tf.stack([tf.constant(source.seed & 0xFFFFFFFF, tf.int64),
+                   tf.cast(step, tf.int64)])
+  return augment_batch(
+      seed, images, source.augment_config,
+      global_batch=source.global_batch_size,
+      row_offset=source.process_index * source.local_batch_size)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from input_pipeline import _tf, digits, fashion_mnist, preprocess
+from input_pipeline import _tf, digits, fashion_mnist, folder, preprocess
 from input_pipeline.errors import DatasetError
 
 SPLITS = ('train', 'test')
@@ -142,6 +142,15 @@ def _tfds_builder(name: str, data_dir: str | None):
         f'Unknown data set {name!r}: neither local nor a tfds builder '
         f'(see `tfds.list_builders()`).{hint} '
         f'{_tfds_fix(name, data_dir)}') from None
+  except Exception as e:
+    # A name tfds cannot even parse ('a:b', 'x/y/z/w') raises from deep in
+    # its name parser; the traceback helps nobody.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise DatasetError(
+        f'Data set name {name!r} is not valid ({type(e).__name__}: {first}); '
+        'use an offline name, a tfds name such as cifar10 or '
+        "imagenet2012:5.1.0, or 'folder:<dir>' for a folder of images."
+    ) from None
 
 
 def _tfds_load(name: str, split: str, data_dir: str | None,
@@ -214,6 +223,10 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
       says how to fix it.
   """
   _check_split(name, split)
+  if folder.is_folder(name):
+    raise DatasetError(
+        f'{name!r} is streamed from disk, never loaded whole: train with it '
+        '(config.input.dataset) or use input_pipeline.create_eval_batches.')
   if name == 'fashion_mnist':
     # Resolve before the cache so a changed $FASHION_MNIST_DIR takes effect.
     data_dir = fashion_mnist.resolve_dir(data_dir)
@@ -262,6 +275,9 @@ def get_dataset_info(name: str, *, data_dir: str | None = None,
   `image_size` > 0 changes `image_shape` to the resized shape (mean/std stay
   those of the native images, which resizing hardly moves).
   """
+  if folder.is_folder(name):
+    from input_pipeline import streaming  # TensorFlow; folders only.
+    return streaming.get_info(name, image_size=image_size)
   if name in _LOCAL:
     info = _LOCAL[name].info
   else:

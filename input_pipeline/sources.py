@@ -4,6 +4,9 @@
   'device': batches computed on the accelerator inside the train step
             (`device_data.DeviceSource`; no TensorFlow);
   'tfdata': batches from tf.data on the host (`tfdata.TfDataSource`).
+Data sets that do not fit in memory (and folders of images) are streamed
+from disk instead, whatever the pipeline (`streaming.StreamingSource`; see
+`uses_streaming`), speaking the same protocol.
 Both give the same examples in the same order for a (seed, step), both yield
 numpy batches through `iterator(start_step)`, and both feed a train step the
 same way: `step_inputs(start_step)` yields each step's input and the step
@@ -18,7 +21,10 @@ Input config fields (ml_collections.ConfigDict or dict):
   `augment.default_augment_config`), train_subset / test_subset (first N
   examples, 0 = all), image_size (0 = native, else square resize),
   manual_dir (tfds manual_dir), download (let tfds download names that are
-  not local). Every field must be present.
+  not local), streaming ('auto'|'always'|'never'), stream_threshold_bytes,
+  preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample. Every
+  field must be present (`configs/default.py` lists them all; a dict made
+  from `default.get_config().input.to_dict()` has them).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from input_pipeline import datasets, errors, eval_data
+from input_pipeline import datasets, errors, eval_data, folder
 
 PIPELINES = ('device', 'tfdata')
+STREAMING_MODES = ('auto', 'always', 'never')
 
 
 class TrainSource(Protocol):
@@ -65,6 +72,81 @@ def _field(config: Any, name: str) -> Any:
     raise errors.InputConfigError(
         f'config.input.{name} is missing; every input field of '
         'configs/default.py must be set.') from None
+
+
+def _common(input_config: Any) -> dict[str, Any]:
+  return dict(data_dir=_field(input_config, 'data_dir'),
+              manual_dir=_field(input_config, 'manual_dir'),
+              download=bool(_field(input_config, 'download')))
+
+
+def uses_streaming(input_config: Any) -> bool:
+  """Whether the data are streamed from disk rather than held in memory.
+
+  Folders always stream; the offline names never do; a tfds name streams
+  when config.input.streaming is 'always', or 'auto' and its decoded train
+  split (tfds info: examples x H x W x C bytes) exceeds
+  config.input.stream_threshold_bytes.
+  """
+  name = _field(input_config, 'dataset')
+  mode = _field(input_config, 'streaming')
+  if mode not in STREAMING_MODES:
+    raise errors.InputConfigError(
+        f'config.input.streaming must be one of {STREAMING_MODES}, got '
+        f'{mode!r}.')
+  if folder.is_folder(name):
+    if mode == 'never':
+      raise errors.InputConfigError(
+          f'{name!r}: folders of images are always streamed; set '
+          "--config.input.streaming=auto.")
+    return True
+  if name in datasets.local_names() or mode == 'never':
+    if mode == 'always':
+      raise errors.InputConfigError(
+          f'{name!r} is an offline in-memory data set and cannot be streamed; '
+          "set --config.input.streaming=auto or use a tfds name.")
+    return False
+  if mode == 'always':
+    return True
+  from input_pipeline import streaming  # TensorFlow: tfds names only.
+  size = streaming.decoded_bytes(name, _field(input_config, 'data_dir'))
+  return size is not None and size > int(
+      _field(input_config, 'stream_threshold_bytes'))
+
+
+def _stream_kwargs(input_config: Any) -> dict[str, Any]:
+  return dict(image_size=int(_field(input_config, 'image_size') or 0),
+              preprocess_name=_field(input_config, 'preprocess'),
+              stats_sample=int(_field(input_config,
+                                                'stats_sample')))
+
+
+def get_input_info(input_config: Any) -> datasets.DatasetInfo:
+  """The `DatasetInfo` of the data the config trains on (in memory or
+  streamed; a streamed one is never read in full)."""
+  name = _field(input_config, 'dataset')
+  if not name:
+    raise errors.InputConfigError('config.input.dataset is not set.')
+  if uses_streaming(input_config):
+    from input_pipeline import streaming
+    return streaming.get_info(name, **_common(input_config),
+                              **_stream_kwargs(input_config))
+  if _field(input_config, 'preprocess') != 'resize':
+    raise errors.InputConfigError(
+        "config.input.preprocess='imagenet' needs the streaming source: set "
+        "--config.input.streaming=always (a tfds name or folder:).")
+  return datasets.get_dataset_info(
+      name, image_size=int(_field(input_config, 'image_size') or 0),
+      **_common(input_config))
+
+
+def _open_stream(input_config: Any, split: str, subset_field: str):
+  from input_pipeline import streaming
+  return streaming.open_records(
+      _field(input_config, 'dataset'), split,
+      subset=int(_field(input_config, subset_field) or 0),
+      shuffle_buffer=int(_field(input_config, 'shuffle_buffer')),
+      **_common(input_config))
 
 
 def _load(input_config: Any, split: str, subset_field: str
@@ -104,7 +186,8 @@ def create_train_source(input_config: Any, *, seed: int,
       on one axis 'data'); the device pipeline replicates the data over it.
 
   Returns:
-    A `device_data.DeviceSource` or `tfdata.TfDataSource`.
+    A `device_data.DeviceSource`, `tfdata.TfDataSource` or (data streamed
+    from disk, see `uses_streaming`) `streaming.StreamingSource`.
   """
   pipeline = _field(input_config, 'pipeline')
   if pipeline not in PIPELINES:
@@ -112,6 +195,16 @@ def create_train_source(input_config: Any, *, seed: int,
         f'config.input.pipeline must be one of {PIPELINES}, got {pipeline!r}.')
   if global_batch_size is None:
     global_batch_size = int(_field(input_config, 'batch_size'))
+  if uses_streaming(input_config):
+    from input_pipeline import streaming
+    return streaming.StreamingSource(
+        _open_stream(input_config, 'train', 'train_subset'),
+        info=get_input_info(input_config),
+        global_batch_size=global_batch_size,
+        augment_config=_field(input_config, 'augment'), seed=seed,
+        process_index=process_index, process_count=process_count,
+        preprocess_name=_field(input_config, 'preprocess'),
+        mesh=mesh, data_axis=data_axis)
   images, labels, info = _load(input_config, 'train', 'train_subset')
   common = dict(info=info, global_batch_size=global_batch_size,
                 augment_config=_field(input_config, 'augment'), seed=seed,
@@ -133,12 +226,21 @@ def create_eval_batches(input_config: Any, *, split: str = 'test',
   """`eval_data.eval_batches` over a split named by the config.
 
   Normalised like the train batches; covers every example of the split (or
-  its first `test_subset`) exactly once. Call again for each evaluation.
+  its first `test_subset`) exactly once over all processes, in batches of
+  one fixed shape. Streamed data sets are read from disk each call.
+  Call again for each evaluation.
   """
   subset_field = 'test_subset' if split == 'test' else 'train_subset'
-  images, labels, info = _load(input_config, split, subset_field)
   if batch_size is None:
     batch_size = int(_field(input_config, 'eval_batch_size'))
+  if uses_streaming(input_config):
+    from input_pipeline import streaming
+    return streaming.eval_batches(
+        _open_stream(input_config, split, subset_field),
+        info=get_input_info(input_config), batch_size=batch_size,
+        preprocess_name=_field(input_config, 'preprocess'),
+        process_index=process_index, process_count=process_count)
+  images, labels, info = _load(input_config, split, subset_field)
   return eval_data.eval_batches(
       images, labels, batch_size, mean=info.mean, std=info.std,
       process_index=process_index, process_count=process_count)

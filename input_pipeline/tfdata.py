@@ -21,8 +21,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from input_pipeline import (_tf, augment, augment_tf, ordering, preprocess,
-                            source_base)
+from input_pipeline import _tf, augment_tf, ordering, preprocess, source_base
 
 tf = _tf.import_tensorflow()
 
@@ -72,12 +71,7 @@ class TfDataSource(source_base.SourceBase):
                   ) -> dict[str, tf.Tensor]:
     images = preprocess.to_unit_float(tf.gather(self._images, idx))
     labels = tf.gather(self._labels, idx)
-    if not augment.is_identity(self.augment_config):
-      seed = tf.stack([tf.constant(self.seed & 0xFFFFFFFF, tf.int64), step])
-      images = augment_tf.augment_batch(
-          seed, images, self.augment_config,
-          global_batch=self.global_batch_size,
-          row_offset=self.process_index * self.local_batch_size)
+    images = augment_tf.augment_step_batch(self, step, images)
     images = preprocess.normalize(images, self._mean, self._std)
     return {'image': images, 'label': labels}
 

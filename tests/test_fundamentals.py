@@ -414,3 +414,128 @@ def test_sobel_on_step_image():
   # signs and is zero in flat regions.
   lap = F.convolve(step, F.get_kernel('edge'), 'valid')
   np.testing.assert_array_equal(lap, np.tile([0, 0, -1, 1, 0, 0], (4, 1)))
+
+
+# --- Backprop through a convolution (x-bar = y-bar * w). --------------------
+
+_DN2 = ('NHWC', 'HWIO', 'NHWC')
+# (stride, padding as numpy takes it, the same for lax, dilation)
+_GEOMETRIES = [
+    (1, 'VALID', 'VALID', 1),
+    (2, 1, ((1, 1), (1, 1)), 1),
+    (2, ((0, 1), (2, 0)), ((0, 1), (2, 0)), 1),
+    (1, 2, ((2, 2), (2, 2)), 2),
+    (3, 'VALID', 'VALID', 1),
+]
+
+
+def _lax_conv_fn(stride, pads, dilation):
+  return lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), pads, rhs_dilation=(dilation, dilation),
+      dimension_numbers=_DN2)
+
+
+def test_lecture_1d_backprop_formulas():
+  x, w = _rand(9), _rand(3)
+  y, pullback = jax.vjp(lambda x, w: jnp.correlate(x, w, 'valid'),
+                        jnp.asarray(x, jnp.float32),
+                        jnp.asarray(w, jnp.float32))
+  dy = _rand(len(y))
+  dx, dw = pullback(jnp.asarray(dy, jnp.float32))
+  np.testing.assert_allclose(F.correlate_input_grad(dy, w), dx, atol=1e-5)
+  np.testing.assert_allclose(F.correlate_weight_grad(x, dy), dw, atol=1e-5)
+  # 2-D, single channel: the same two lines.
+  x2, w2 = _rand(6, 7), _rand(3, 2)
+  dy2 = _rand(4, 6)
+  ref = _lax_conv_fn(1, 'VALID', 1)
+  _, pull = jax.vjp(ref, jnp.asarray(x2[None, ..., None], jnp.float32),
+                    jnp.asarray(w2[..., None, None], jnp.float32))
+  dx2, dw2 = pull(jnp.asarray(dy2[None, ..., None], jnp.float32))
+  np.testing.assert_allclose(F.correlate_input_grad(dy2, w2), dx2[0, ..., 0],
+                             atol=1e-5)
+  np.testing.assert_allclose(F.correlate_weight_grad(x2, dy2),
+                             dw2[..., 0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize('stride,padding,pads,dilation', _GEOMETRIES)
+def test_conv2d_grads_match_jax(stride, padding, pads, dilation):
+  x, w = _rand(2, 9, 10, 3), _rand(3, 3, 3, 4)
+  ref = _lax_conv_fn(stride, pads, dilation)
+  y, pullback = jax.vjp(ref, jnp.asarray(x, jnp.float32),
+                        jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(
+      F.conv2d_nhwc(x, w, stride, padding, dilation), y, rtol=1e-4,
+      atol=1e-4)
+  dy = _rand(*y.shape)
+  dx, dw = pullback(jnp.asarray(dy, jnp.float32))
+  np.testing.assert_allclose(
+      F.conv2d_input_grad(dy, w, x.shape, stride, padding, dilation), dx,
+      rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      F.conv2d_weight_grad(x, dy, (3, 3), stride, padding, dilation), dw,
+      rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('stride,padding,dilation', [
+    (1, 'VALID', 1), (2, 1, 1), (1, (2, 0), 2), (2, 'SAME', 1)])
+def test_conv1d_grads_match_jax(stride, padding, dilation):
+  x, w = _rand(2, 11, 3), _rand(3, 3, 2)
+  lax_pad = padding if isinstance(padding, str) else [
+      padding if isinstance(padding, tuple) else (padding, padding)]
+  ref = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride,), lax_pad, rhs_dilation=(dilation,),
+      dimension_numbers=('NWC', 'WIO', 'NWC'))
+  y, pullback = jax.vjp(ref, jnp.asarray(x, jnp.float32),
+                        jnp.asarray(w, jnp.float32))
+  dy = _rand(*y.shape)
+  dx, dw = pullback(jnp.asarray(dy, jnp.float32))
+  np.testing.assert_allclose(
+      F.conv1d_input_grad(dy, w, x.shape, stride, padding, dilation), dx,
+      rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      F.conv1d_weight_grad(x, dy, 3, stride, padding, dilation), dw,
+      rtol=1e-4, atol=1e-4)
+
+
+def _fast_impls() -> list[str]:
+  from cnn.kernels import onednn  # pylint: disable=g-import-not-at-top
+  return ['banded'] + (['onednn'] if onednn.available() else [])
+
+
+@pytest.mark.parametrize('impl', _fast_impls())
+@pytest.mark.parametrize('stride,padding', [(1, 'VALID'), (2, 1),
+                                            (1, ((2, 1), (0, 2)))])
+def test_conv_grads_match_the_fast_cpu_convolution(impl, stride, padding):
+  from cnn.kernels import forms  # pylint: disable=g-import-not-at-top
+  x, w = _rand(2, 12, 12, 3), _rand(5, 5, 3, 6)
+  pads = padding if not isinstance(padding, int) else ((padding,) * 2,) * 2
+  conv = forms.Conv(6, (5, 5), strides=stride, padding=pads, use_bias=False)
+
+  def apply(x, w):
+    with forms.use_conv_impl(impl):
+      return conv.apply({'params': {'kernel': w}}, x)
+
+  with forms.use_conv_impl(impl):
+    assert conv.choose_impl(12, 3) == impl
+  x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+  dy = _rand(*jax.eval_shape(apply, x32, w32).shape)
+  # Jitted: the banded form is many small ops, slow one by one.
+  dx, dw = jax.jit(lambda x, w, dy: jax.vjp(apply, x, w)[1](dy))(
+      x32, w32, jnp.asarray(dy, jnp.float32))
+  np.testing.assert_allclose(
+      F.conv2d_input_grad(dy, w, x.shape, stride, padding), dx, rtol=1e-4,
+      atol=1e-3)
+  np.testing.assert_allclose(
+      F.conv2d_weight_grad(x, dy, (5, 5), stride, padding), dw, rtol=1e-4,
+      atol=1e-3)
+
+
+def test_input_pixel_consumers_are_the_jacobian_column():
+  size, pixel = 7, (3, 2)
+  taps = F.input_pixel_consumers((size, size), (3, 3), pixel, 2, 1)
+  jac = jax.jacobian(lambda x: _lax_conv_fn(2, ((1, 1), (1, 1)), 1)(
+      x, jnp.ones((3, 3, 1, 1))))(jnp.ones((1, size, size, 1)))
+  reads = np.asarray(jac)[0, :, :, 0, 0, pixel[0], pixel[1], 0] != 0
+  np.testing.assert_array_equal(taps >= 0, reads)
+  # Output (1, 1) reads input (2 * 1 - 1 + i, 2 * 1 - 1 + j): tap (2, 1).
+  assert taps[1, 1] == 2 * 3 + 1

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import input_pipeline as ip
+from configs import default
 from input_pipeline import augment, errors, idx, ordering
 
 FASHION_DIR = errors.DEFAULT_FASHION_MNIST_DIR
@@ -43,11 +44,10 @@ _DIGITS_AUGMENT = dict(crop_padding=2, flip_lr=True, noise_std=0.05)
 
 
 def _input_config(**overrides):
-  config = dict(dataset='fashion_mnist', data_dir=None, pipeline='device',
+  config = dict(default.get_config().input.to_dict(),
+                dataset='fashion_mnist', pipeline='device',
                 batch_size=128, eval_batch_size=384,
-                augment=ip.default_augment_config(), train_subset=0,
-                test_subset=0, image_size=0, manual_dir=None,
-                download=False)
+                augment=ip.default_augment_config())
   config.update(overrides)
   return config
 

@@ -90,6 +90,9 @@ def test_trainer_compiles_each_step_function_once(tmp_path, compile_log):
   # 1,000 test examples in batches of 384: the last eval batch is partial
   # (padded and masked), and must not trigger a second compilation.
   config = tiny_config(num_epochs=2.0)
+  # An earlier test may have run this config: its Program (and compiled
+  # steps) would be reused, and nothing compiled here.
+  train.clear_programs()
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.status == 'completed'
   step_names = [n for n in compile_log if 'step' in n]

@@ -179,6 +179,12 @@ def test_plan_refuses_another_sweep_and_changed_members(tmp_path):
   with pytest.raises(sweep.SweepError, match='another base experiment'):
     sweep.write_plan(str(tmp_path), _tiny_base(**{
         'model.activation': 'tanh'}), 'tiny', members)
+  with pytest.raises(sweep.SweepError, match=r"differs in \['num_epochs'\]"):
+    sweep.write_plan(str(tmp_path), _tiny_base(num_epochs=3.0), 'tiny',
+                     members)
+  # How convolutions are computed is not part of the sweep.
+  sweep.write_plan(str(tmp_path), _tiny_base(conv_impl='xla'), 'tiny',
+                   members)
   with pytest.raises(sweep.SweepError, match='was run with overrides'):
     sweep.write_plan(str(tmp_path), base, 'tiny',
                      [sweep.Member('seed0', dict(seed=5))])
@@ -230,6 +236,12 @@ def test_aggregation_of_hand_made_metrics(tmp_path):
     assert [r['member'] for r in csv.DictReader(f)] == [
         'seed0', 'seed1', 'seed2']
   assert '25.00 ± 7.07' in sweep_results.format_groups(data['groups'])
+  # A group none of whose members started yet (a stopped sweep) formats too.
+  sweep.write_plan(str(tmp_path), _tiny_base(), 'tiny',
+                   [sweep.Member('later', {'model.activation': 'tanh'})])
+  text = sweep_results.format_groups(sweep_results.write(str(tmp_path))[
+      'groups'])
+  assert '| activationtanh | – |' in text
 
 
 # --------------------------------------------------------------------- CLI

@@ -10,6 +10,7 @@ field, plus totals) without running the model. The parts:
   trace.py       the abstract trace: module calls and the jaxpr's data flow
   report.py      the text table and the model listing
   cli.py         the print functions and the command line (`__main__.py`)
+  plot.py        `--plot`: per-layer memory / parameter / FLOP bars
 """
 
 from cnn.summary import accounting, cli, report
@@ -20,6 +21,8 @@ Summary = accounting.Summary
 summarize = accounting.summarize
 xla_cost_analysis = accounting.xla_cost_analysis
 xla_flops = accounting.xla_flops
+output_receptive_fields = accounting.output_receptive_fields
+train_step_memory = accounting.train_step_memory
 print_summary = cli.print_summary
 print_summary_for_config = cli.print_summary_for_config
 main = cli.main

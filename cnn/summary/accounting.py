@@ -62,6 +62,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.extend  # noqa: F401  (jax.extend.core.Literal)
 import jax.numpy as jnp
 import numpy as np
 
@@ -160,6 +161,8 @@ class Summary:
   rows: list[LayerRow]
   totals: dict[str, int]
   warnings: list[str] = dataclasses.field(default_factory=list)
+  # `train_step_memory(...)` of the same model, when asked for (it compiles).
+  train_memory: dict[str, int] | None = None
 
   def layer(self, name: str) -> LayerRow:
     """The row called `name`, or whose name ends with '/' + `name`."""
@@ -199,6 +202,8 @@ class Summary:
         'groups': self.groups(),
         'warnings': list(self.warnings),
         'conventions': CONVENTIONS,
+        **({'train_step_memory': dict(self.train_memory)}
+           if self.train_memory else {}),
     }
 
   def to_json(self, indent: int | None = 1) -> str:
@@ -228,6 +233,8 @@ CONVENTIONS = {
     'macs': 'multiply-accumulates of conv, dense and matmul layers',
     'flops': '2 * macs + pooling reads',
     'activation_bytes': 'units * bytes of the output dtype, forward only',
+    'train_flops': '3 * flops: forward + input gradients + weight gradients '
+                   '(each about one forward); optimizer update not counted',
     'rf': 'receptive field of an output unit in input pixels (h, w)',
 }
 
@@ -450,6 +457,10 @@ def _totals(rows: list[LayerRow], params: Any) -> dict[str, int]:
   totals['macs_other'] = totals['macs'] - totals['macs_conv'] - totals[
       'macs_dense']
   totals['layers'] = sum(1 for r in rows if r.type != 'unused')
+  # Backward = input gradients + weight gradients, each the forward's
+  # multiply-adds again (the first layer's input gradient is not needed,
+  # so this slightly overcounts).
+  totals['train_flops'] = 3 * totals['flops']
   return totals
 
 
@@ -518,6 +529,119 @@ def summarize(model: str | nn.Module,
                  dtype=str(jnp.dtype(layers.as_dtype(dtype or 'float32'))),
                  train=train, rows=rows, totals=_totals(rows, params),
                  warnings=sorted(set(flow.warnings)))
+
+
+def output_receptive_fields(model: str | nn.Module,
+                            input_shape: Sequence[int] | None = None,
+                            *, train: bool = False) -> Any:
+  """Theoretical receptive field and jump of every output of a model.
+
+  The same data-flow pass as `summarize` (per traced tensor: r += (k - 1) *
+  d * j, j *= s through every conv and pool; the largest field of the inputs
+  of an add or concatenation), read at the model's outputs instead of at its
+  layers. For a `Classifier` the result is `(logits_rf, {stage: rf})` like
+  its `(logits, out)`, so `[1]['stage2']` is the field of a stage2 unit.
+
+  Args:
+    model: a registry name or a Flax module taking images [batch, H, W, C].
+    input_shape: (H, W, C); defaults to the registry spec's input.
+    train: trace the training forward pass.
+
+  Returns:
+    A pytree shaped like the model's output whose leaves are
+    `((rf_h, rf_w), (jump_h, jump_w))` in input pixels, or None for outputs
+    that do not depend on the image.
+  """
+  if isinstance(model, str):
+    input_shape = tuple(input_shape or registry.get_spec(model).input_shape)
+    model = registry.create_model(model)
+  if input_shape is None:
+    raise ValueError('input_shape (H, W, C) is required for a module.')
+  _, recorder, closed = trace.trace(model, tuple(input_shape), train)
+  row_calls = {c.idx for c in recorder.calls
+               if _row_type(c.module) or c.own_params}
+  flow = trace.Flow(recorder.calls, row_calls, tuple(input_shape[:-1]))
+  flow.run(closed.jaxpr, closed.jaxpr.invars[0])
+  literal = jax.extend.core.Literal
+  fields = [None if isinstance(v, literal) else flow.rf.get(v)
+            for v in closed.jaxpr.outvars]
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  kwargs = {'train': train} if trace.accepts_train(model) else {}
+  variables = jax.eval_shape(
+      lambda x: model.init({'params': jax.random.key(0),
+                            'dropout': jax.random.key(1)}, x, **kwargs), x)
+  shapes = jax.eval_shape(
+      lambda v, x: _apply(model, v, x, train, kwargs), variables, x)
+  treedef = jax.tree_util.tree_structure(shapes)
+  return jax.tree_util.tree_unflatten(
+      treedef, [_plain_rf(f) for f in fields])
+
+
+def _apply(module: nn.Module, variables, x, train: bool, kwargs) -> Any:
+  """The module's output; in training mode with its collections mutable."""
+  if not train:
+    return module.apply(variables, x, **kwargs)
+  mutable = [c for c in variables if c != 'params']
+  out = module.apply(variables, x, rngs={'dropout': jax.random.key(1)},
+                     mutable=mutable or False, **kwargs)
+  return out[0] if mutable else out
+
+
+def _plain_rf(f):
+  if f is None:
+    return None
+  return tuple(int(v) for v in f[0]), tuple(int(v) for v in f[1])
+
+
+def train_step_memory(model: str | nn.Module,
+                      input_shape: Sequence[int] | None = None,
+                      num_classes: int | None = None, batch_size: int = 1,
+                      dtype: Any = 'float32', **overrides) -> dict[str, int]:
+  """XLA's memory of a compiled training step (loss value and gradients).
+
+  Compiles (does not run) `jax.jit(jax.value_and_grad(loss))` of the
+  training forward pass (batch statistics, dropout) with a softmax
+  cross-entropy at `batch_size`, on the default backend, and reads its
+  `memory_analysis()`. The optimizer update is not included (it adds about
+  one to three parameter-sized buffers, which the parameter bytes show).
+
+  Returns:
+    {'batch_size', 'argument_bytes', 'output_bytes', 'temp_bytes',
+    'generated_code_bytes', 'total_bytes'} where temp_bytes holds the
+    activations kept for the backward pass and the gradients' scratch.
+  """
+  if isinstance(model, str):
+    spec = registry.get_spec(model)
+    input_shape = tuple(input_shape or spec.input_shape)
+    registry.check_input_shape(model, input_shape)
+    module = registry.create_model(model, num_classes=num_classes
+                                   or spec.num_classes, dtype=dtype,
+                                   **overrides)
+  else:
+    module = model
+  x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
+  kwargs = {'train': True} if trace.accepts_train(module) else {}
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  variables = jax.eval_shape(lambda x: module.init(rngs, x, **kwargs), x)
+  params = variables['params']
+  others = {k: v for k, v in variables.items() if k != 'params'}
+
+  def loss(params, others, x):
+    logits = _apply(module, {'params': params, **others}, x, bool(kwargs),
+                    kwargs)
+    if isinstance(logits, tuple):  # A Classifier's (logits, out).
+      logits = logits[0]
+    return -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32))[:, 0])
+
+  step = jax.jit(jax.value_and_grad(loss))
+  with forms.reference_convolutions():
+    memory = step.lower(params, others, x).compile().memory_analysis()
+  out = {'batch_size': int(batch_size)}
+  for key in ('argument', 'output', 'temp', 'generated_code'):
+    out[f'{key}_bytes'] = int(getattr(memory, f'{key}_size_in_bytes', 0))
+  out['total_bytes'] = (out['argument_bytes'] + out['output_bytes']
+                        + out['temp_bytes'])
+  return out
 
 
 def xla_cost_analysis(model: str | nn.Module,

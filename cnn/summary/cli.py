@@ -3,6 +3,11 @@
     python -m cnn.summary --model=resnet20
     python -m cnn.summary --model=lenet5 --input_shape=32,32,1 --json
     python -m cnn.summary --list
+    python -m cnn.summary --model=lenet5 --plot=lenet5_cost.png
+
+Besides the forward counts the table reports the training step: about 3 x
+the forward FLOPs, and the memory XLA plans for a compiled value_and_grad
+step (`--train_batch`, default 1; 0 skips the compile).
 """
 
 from __future__ import annotations
@@ -81,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--json', action='store_true', help='print JSON')
   parser.add_argument('--list', action='store_true',
                       help='list registered models and exit')
+  parser.add_argument('--plot', default=None,
+                      help='also write per-layer memory/params/FLOPs bars '
+                           'to this PNG file')
+  parser.add_argument('--train_batch', type=int, default=1,
+                      help='batch of the compiled train step whose XLA '
+                           'memory is reported (0: skip the compile)')
   args = parser.parse_args(argv)
   if args.list:
     print(report.list_descriptions())
@@ -90,8 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     s = accounting.summarize(args.model, args.input_shape, args.num_classes,
                              args.dtype, train=args.train)
+    if args.train_batch > 0:
+      s.train_memory = accounting.train_step_memory(
+          args.model, args.input_shape, args.num_classes, args.train_batch,
+          args.dtype)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(s.to_json() if args.json else s.table())
+  if args.plot:
+    from cnn.summary import plot  # pylint: disable=g-import-not-at-top
+    plot.plot_summary(s, args.plot)
+    print(f'wrote {args.plot}', file=sys.stderr)
   return 0

@@ -90,6 +90,17 @@ def format_table(s: accounting.Summary) -> str:
       f'{_si(t["macs_dense"])}, other {_si(t["macs_other"])}); '
       f'FLOPs = 2 x MACs + pooling = {_si(t["flops"])}; activations '
       f'{t["units"]:,} units = {_bytes(t["activation_bytes"])}.')
+  out.append(
+      f'training step: about 3 x forward = {_si(t["train_flops"])} FLOPs per '
+      'image (forward + input gradients + weight gradients).')
+  if s.train_memory:
+    m = s.train_memory
+    out.append(
+        f'compiled train step (XLA memory_analysis, value_and_grad, batch '
+        f'{m["batch_size"]}): temporaries {_bytes(m["temp_bytes"])}, '
+        f'arguments {_bytes(m["argument_bytes"])}, outputs '
+        f'{_bytes(m["output_bytes"])}; forward-only activation estimate '
+        f'{_bytes(t["activation_bytes"] * m["batch_size"])}.')
   groups = s.groups()
   if len(groups) > 1:
     width = max(len(g) for g in groups)

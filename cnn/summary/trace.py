@@ -310,6 +310,12 @@ class Flow:
         elif name == 'conv_general_dilated' and self.rf.get(eqn.invars[0]):
           kernel, strides, dilation = conv_window(eqn)
           out_rf = grow(self.rf[eqn.invars[0]], kernel, strides, dilation)
+        elif (name == 'slice' and eqn.params.get('strides')
+              and len(eqn.params['strides']) == len(self.image_hw) + 2
+              and self.rf.get(eqn.invars[0])):
+          # x[:, ::s, ::s] (option-A shortcuts): a 1x1 window with stride s.
+          strides = eqn.params['strides'][1:-1]
+          out_rf = grow(self.rf[eqn.invars[0]], (1,) * len(strides), strides)
         elif name == 'dot_general' and len(image_ins) > 1:
           out_rf = global_rf(max_rf([r for _, r in image_ins]), self.image_hw)
         else:
