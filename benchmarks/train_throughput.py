@@ -65,13 +65,19 @@ import numpy as np
 # accelerators out of a CPU benchmark.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# Before jax and torch are imported (their threads start with the process's
+# malloc arenas): see cnn/host_memory.py. In every worker process too.
+from cnn import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()
+
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from benchmarks import cpu_speedups, torch_models  # noqa: E402
-from cnn import host_memory, optim, sharding, steps, train  # noqa: E402
+from cnn import optim, sharding, steps, train  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
 # Steps per round for each model (about one second of work per variant: in
@@ -366,9 +372,6 @@ def report(model_name: str, shape, runners: list[Runner]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
-  host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='lenet5,resnet20,resnet56')
   parser.add_argument('--variants',

@@ -59,8 +59,14 @@ def get_activation(name: str, *, stored: bool = False
         f'Unknown activation {name!r}; valid names: {sorted(ACTIVATIONS)}.'
     ) from None
   if stored:
-    return lambda x: forms.materialize(act(x))
+    return lambda x: store(act(x))
   return act
+
+
+def store(x: Array) -> Array:
+  """`x` itself, written to memory once rather than recomputed by each of
+  its consumers (see `get_activation`); for a residual block's input."""
+  return forms.materialize(x)
 
 
 def as_dtype(dtype: Any) -> Any:

@@ -102,6 +102,11 @@ class _ResidualBlock(nn.Module):
   shortcut: str = 'B'
   zero_init_residual: bool = False
   stride_on: str = '3x3'
+  output_act: Callable[[Array], Array] | None = None  # default: `act`.
+
+  def finish(self, x: Array, y: Array) -> Array:
+    """The block's output: activation of y + shortcut(x)."""
+    return (self.output_act or self.act)(self.add_shortcut(x, y))
 
   def last_norm(self, name: str) -> nn.Module:
     if self.zero_init_residual:
@@ -144,7 +149,7 @@ class BasicBlock(_ResidualBlock):
     y = self.act(self.norm(name='bn1')(y))
     y = self.conv(self.filters, (3, 3), padding=_same(3), name='conv2')(y)
     y = self.last_norm('bn2')(y)
-    return self.act(self.add_shortcut(x, y))
+    return self.finish(x, y)
 
 
 class BottleneckBlock(_ResidualBlock):
@@ -170,7 +175,7 @@ class BottleneckBlock(_ResidualBlock):
     y = self.conv(self.filters * self.expansion, (1, 1), padding='VALID',
                   name='conv3')(y)
     y = self.last_norm('bn3')(y)
-    return self.act(self.add_shortcut(x, y))
+    return self.finish(x, y)
 
 
 BLOCKS = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
@@ -239,9 +244,11 @@ class ResNet(nn.Module):
       # Without a shortcut a zero scale would cut the signal at every block.
       raise errors.UserError('zero_init_residual=True needs residual=True.')
     dtype = layers.as_dtype(self.dtype)
-    # Stored: each block's input and inner activations are kept, not
-    # recomputed through the residual chain (see layers.get_activation).
-    act = layers.get_activation(self.activation, stored=True)
+    # Stored: each block's input (`layers.store` below) and its inner
+    # activations are kept, not recomputed through the residual chain (see
+    # layers.get_activation); the stem's and the blocks' outputs are not.
+    act = layers.get_activation(self.activation)
+    inner_act = layers.get_activation(self.activation, stored=True)
     conv, norm = layers.conv_and_norm(dtype, train, conv_init)
     block_cls = BLOCKS[self.block]
     if self.remat:
@@ -267,10 +274,11 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         x = block_cls(
             filters=width(i), strides=2 if i > 0 and j == 0 else 1,
-            conv=conv, norm=norm, act=act, residual=self.residual,
-            shortcut=self.shortcut,
+            conv=conv, norm=norm, act=inner_act, output_act=act,
+            residual=self.residual, shortcut=self.shortcut,
             zero_init_residual=self.zero_init_residual,
-            stride_on=self.stride_on, name=f'stage{i + 1}_block{j + 1}')(x)
+            stride_on=self.stride_on,
+            name=f'stage{i + 1}_block{j + 1}')(layers.store(x))
       out[f'stage{i + 1}'] = x
     last = f'stage{len(self.stage_sizes)}'
     return layers.GlobalAvgPool(name=f'{last}_avgpool')(x), out
