@@ -24,6 +24,16 @@ def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
           for k, v in local_batch.items()}
 
 
+def host_step_inputs(batches, mesh: Mesh | None, data_axis: str = 'data'):
+  """`step_inputs` of host pipelines: each of this process's numpy
+  `batches` as a global batch sharded over `data_axis` (default mesh: all
+  devices)."""
+  if mesh is None:
+    mesh = Mesh(np.asarray(jax.devices()), (data_axis,))
+  for batch in batches:
+    yield put_global_batch(batch, mesh, data_axis)
+
+
 def batch_as_given(inputs: dict[str, jax.Array], step: Any
                    ) -> dict[str, jax.Array]:
   """`step_batch_fn` of sources whose step input already is the batch."""

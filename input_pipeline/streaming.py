@@ -500,11 +500,8 @@ class StreamingSource(source_base.SourceBase):
   def step_inputs(self, start_step: int = 0) -> Iterator[dict[str, Any]]:
     """Global batches from `start_step` on, sharded over the mesh's data
     axis (each process contributes its own rows)."""
-    mesh = self._mesh
-    if mesh is None:
-      mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (self._data_axis,))
-    for batch in self.iterator(start_step):
-      yield source_base.put_global_batch(batch, mesh, self._data_axis)
+    return source_base.host_step_inputs(self.iterator(start_step),
+                                        self._mesh, self._data_axis)
 
 
 # -------------------------------------------------------------------- eval

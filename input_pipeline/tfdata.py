@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-import jax
 import numpy as np
 
 from input_pipeline import _tf, augment_tf, ordering, preprocess, source_base
@@ -103,8 +102,5 @@ class TfDataSource(source_base.SourceBase):
                   ) -> Iterator[dict[str, Any]]:
     """Global batches from `start_step` on, sharded over the mesh's data
     axis (each process contributes its own rows)."""
-    mesh = self._mesh
-    if mesh is None:
-      mesh = jax.sharding.Mesh(np.asarray(jax.devices()), (self._data_axis,))
-    for batch in self.iterator(start_step):
-      yield source_base.put_global_batch(batch, mesh, self._data_axis)
+    return source_base.host_step_inputs(self.iterator(start_step),
+                                        self._mesh, self._data_axis)
