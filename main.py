@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'summary', 'results', 'inspect')
+MODES = ('train', 'summary', 'results', 'inspect', 'probe')
 LAUNCHERS = ('local', 'slurm', 'submitit_local')
 
 config_flags.DEFINE_config_file(
@@ -38,7 +38,9 @@ flags.DEFINE_enum('mode', 'train', MODES,
                   'member of a sweep config); summary: print the '
                   'size-accounting table of the model; results: aggregate a '
                   'sweep workdir into results.csv/json; inspect: write '
-                  'figures of a trained workdir to WORKDIR/figures/.')
+                  'figures of a trained workdir to WORKDIR/figures/; probe: '
+                  'linear probes of every layer of a trained workdir into '
+                  'WORKDIR/probe/.')
 flags.DEFINE_string('member', None,
                     'Sweep configs: run only this member (by name).')
 flags.DEFINE_enum('launcher', 'local', LAUNCHERS,
@@ -54,6 +56,15 @@ flags.DEFINE_integer('slurm_gpus_per_node', 0,
 flags.DEFINE_integer('slurm_array_parallelism', 64,
                      '--launcher=slurm: member jobs running at once.')
 flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
+flags.DEFINE_string('probe_layers', None,
+                    '--mode=probe: comma list of layers (default: all but '
+                    'logits).')
+flags.DEFINE_string('probe_shots', '10,100,1000',
+                    '--mode=probe: comma list of training examples per class '
+                    '(0 = all).')
+flags.DEFINE_enum('probe_method', 'ridge', ('ridge', 'logistic', 'svm'),
+                  '--mode=probe: closed-form ridge regression, or sklearn '
+                  'logistic regression / linear SVM.')
 flags.DEFINE_string(
     'compilation_cache_dir',
     os.path.join(os.path.expanduser('~'), '.cache', 'cnn-study', 'xla'),
@@ -180,6 +191,9 @@ def main(argv):
       from cnn.visualize import run  # pylint: disable=g-import-not-at-top
       run.write_all(config, FLAGS.workdir)
       return
+    if FLAGS.mode == 'probe':
+      _probe(config, FLAGS.workdir)
+      return
     if sweep_module is not None:
       sys.exit(_run_sweep(config, sweep_name, sweep_module))
     result = train.train_and_evaluate(config, FLAGS.workdir)
@@ -191,6 +205,25 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
+
+
+def _probe(config, workdir: str) -> None:
+  """--mode=probe: fits the probes, writes WORKDIR/probe/, prints the table."""
+  from cnn import errors, probe  # pylint: disable=g-import-not-at-top
+  layers = [s.strip() for s in (FLAGS.probe_layers or '').split(',')
+            if s.strip()]
+  try:
+    shots = [int(s) for s in FLAGS.probe_shots.split(',') if s.strip()]
+  except ValueError:
+    raise errors.UserError(
+        f'--probe_shots={FLAGS.probe_shots!r} is not a comma list of '
+        'integers (e.g. 10,100,0; 0 = all).') from None
+  rows = probe.probe_workdir(config, workdir, layers=layers or None,
+                             shots=shots, method=FLAGS.probe_method)
+  paths = probe.write_probe_results(rows, workdir)
+  print(probe.format_table(rows))
+  for p in paths:
+    print(p)
 
 
 def _config_path(argv: list[str]) -> str | None:

@@ -9,6 +9,10 @@ export under `results/` (`export`: the plan, results and each member's
   error_vs_depth(study)                  final error vs depth, seed spread
   accuracy_vs_params(study)              the receptive-field study
   table(study)                           Markdown, mean ± std over seeds
+  accuracy_by(study, keys)               test accuracy per value of override keys
+  pivot_table(study, row, column)        Markdown, accuracy mean ± std
+  transfer_curves(study)                 accuracy vs examples per class
+  yosinski_curve(study)                  accuracy vs groups copied
   rows_table(study, columns)             Markdown, one line per member
 
 Errors are in %, 1 - accuracy; the training error is the one
@@ -50,6 +54,8 @@ class Study:
   groups: list[dict[str, Any]]
   curves: dict[str, dict[str, np.ndarray]]
   group_of: dict[str, str]
+  overrides: dict[str, dict[str, Any]] = dataclasses.field(
+      default_factory=dict)
 
   def group_curves(self, group: str) -> dict[str, np.ndarray]:
     """Mean and std over the completed seeds of `group`, on the steps every
@@ -78,10 +84,11 @@ def load(path: str) -> Study:
         train_error=100 * np.array(sweep_results.train_errors(records)),
         test_error=100 * np.array(sweep_results.test_errors(records)))
   with open(os.path.join(path, sweep.PLAN_FILE)) as f:
-    group_of = {m['name']: sweep_results.group_name(m['overrides'])
-                for m in json.load(f)['members']}
+    plan = json.load(f)['members']
+  group_of = {m['name']: sweep_results.group_name(m['overrides'])
+              for m in plan}
   return Study(path, rows, sweep_results.group_over_seeds(path, rows), curves,
-               group_of)
+               group_of, {m['name']: m['overrides'] for m in plan})
 
 
 def export(workdir: str, dest: str) -> None:
@@ -201,6 +208,92 @@ def rows_table(study: Study, columns: Sequence[str]) -> str:
   lines += ['| ' + ' | '.join(cell(c, r[c]) for c in columns) + ' |'
             for r in study.rows]
   return '\n'.join(lines)
+
+
+def accuracy_by(study: Study, keys: Sequence[str],
+                metric: str = 'final_test_error'
+                ) -> dict[tuple, tuple[float, float, int]]:
+  """Completed members grouped by the values of their override `keys`:
+  {values: (mean accuracy %, std (ddof=1), n)} of 1 - `metric`."""
+  groups: dict[tuple, list[float]] = {}
+  for row in study.rows:
+    if row['status'] != 'completed' or row[metric] == '':
+      continue
+    overrides = study.overrides[row['member']]
+    key = tuple(_hashable(overrides.get(k)) for k in keys)
+    groups.setdefault(key, []).append(100 * (1 - float(row[metric])))
+  return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1
+              else 0.0, len(v)) for k, v in groups.items()}
+
+
+def _hashable(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
+def pivot_table(study: Study, rows: Sequence[str], column: str,
+                metric: str = 'final_test_error') -> str:
+  """Markdown: one line per value of the `rows` override keys, one column
+  per value of `column`, cells "mean ± std (n)" accuracy in %."""
+  stats = accuracy_by(study, [*rows, column], metric)
+  row_keys = list(dict.fromkeys(k[:-1] for k in stats))
+  col_keys = list(dict.fromkeys(k[-1] for k in stats))
+  lines = ['| ' + ' | '.join([*(r.split('.')[-1] for r in rows),
+                              *(f'{column.split(".")[-1]}={c}'
+                                for c in col_keys)]) + ' |',
+           '|' + ' --- |' * (len(rows) + len(col_keys))]
+  for rk in row_keys:
+    cells = []
+    for c in col_keys:
+      m = stats.get((*rk, c))
+      cells.append(f'{m[0]:.1f} ± {m[1]:.1f} ({m[2]})' if m else '')
+    lines.append('| ' + ' | '.join([*map(str, rk), *cells]) + ' |')
+  return '\n'.join(lines)
+
+
+def transfer_curves(study: Study, path: str | None = None,
+                    panel: str = 'input.dataset',
+                    x: str = 'input.per_class', line: str = 'transfer.regime'):
+  """Test accuracy vs training examples per class, one line per regime and
+  one panel per target data set (mean ± std over seeds)."""
+  stats = accuracy_by(study, [panel, line, x])
+  panels = list(dict.fromkeys(k[0] for k in stats))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4),
+                           squeeze=False)
+  for ax, p in zip(axes[0], panels):
+    for name in dict.fromkeys(k[1] for k in stats if k[0] == p):
+      points = sorted((k[2], v) for k, v in stats.items()
+                      if k[0] == p and k[1] == name)
+      ax.errorbar([q for q, _ in points], [v[0] for _, v in points],
+                  yerr=[v[1] for _, v in points], marker='o', capsize=3,
+                  label=name, linestyle='--' if name == 'scratch' else '-')
+    ax.set_xscale('log')
+    ax.set_title(f'target: {p}')
+    ax.set_xlabel('training examples per class')
+    ax.set_ylabel('test accuracy (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _saved(fig, path)
+
+
+def yosinski_curve(study: Study, path: str | None = None):
+  """Target test accuracy vs the number of source groups copied, frozen
+  (AnB) vs fine-tuned (AnB+), mean ± std over seeds."""
+  stats = accuracy_by(study, ['transfer.copy_groups', 'transfer.regime'])
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for label, regimes_ in (('frozen (AnB)', ('fine_tune', 'feature_extraction')),
+                          ('fine-tuned (AnB+)', ('full',))):
+    points = sorted((k[0], v) for k, v in stats.items() if k[1] in regimes_
+                    or (k[0] == 0 and label.startswith('fine')))
+    ax.errorbar([n for n, _ in points], [v[0] for _, v in points],
+                yerr=[v[1] for _, v in points], marker='o', capsize=3,
+                label=label)
+  ax.set_xlabel('source parameter groups copied (n)')
+  ax.set_ylabel('target test accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return _saved(fig, path)
 
 
 def _saved(fig, path: str | None):

@@ -15,6 +15,7 @@ import ml_collections
 import optax
 
 from cnn import errors
+from cnn.transfer import regimes
 
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle', 'step',
              'reduce_on_plateau')
@@ -79,13 +80,32 @@ def _decay_mask(params):
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule
+                     learning_rate_fn: optax.Schedule, params=None
                      ) -> optax.GradientTransformationExtraArgs:
-  """The optax chain: clip -> optimizer (+ weight decay) -> plateau scaling.
+  """The optax chain: clip -> optimizer (+ weight decay) -> plateau scaling,
+  per parameter group as `config.transfer` says (frozen groups get no
+  update; `cnn.transfer.regimes`).
 
   `update` accepts `value=loss` (used by reduce-on-plateau, ignored by the
   rest).
+
+  Args:
+    config: the experiment config.
+    learning_rate_fn: step -> learning rate.
+    params: the parameters (or their shapes) the rules are checked against;
+      None builds the single-group chain.
   """
+  make = lambda: _base_optimizer(config, learning_rate_fn)
+  if params is None:
+    return make()
+  labels = regimes.param_labels(
+      params, regimes.regime_rules(config.transfer, params))
+  return regimes.optimizer(make, labels)
+
+
+def _base_optimizer(config: ml_collections.ConfigDict,
+                    learning_rate_fn: optax.Schedule
+                    ) -> optax.GradientTransformationExtraArgs:
   opt = config.optimizer
   parts = []
   if opt.grad_clip_norm > 0:

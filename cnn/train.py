@@ -38,6 +38,8 @@ from cnn import metrics as metrics_lib
 from cnn import errors, optim, sharding, steps
 from cnn.kernels import forms
 from cnn.models import registry
+from cnn.transfer import pretrained as transfer_pretrained
+from cnn.transfer import regimes
 
 # Test sets up to this size (float32 bytes) stay on the devices between evals.
 _EVAL_CACHE_BYTES = 1 << 30
@@ -98,13 +100,38 @@ def _state_initializer(model, tx, image_shape: tuple[int, int, int], mesh
   return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
+def _param_shapes(model, image_shape: tuple[int, int, int]):
+  return jax.eval_shape(
+      lambda: model.init({'params': jax.random.PRNGKey(0),
+                          'dropout': jax.random.PRNGKey(0)},
+                         jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False))['params']
+
+
 def create_train_state(config: ml_collections.ConfigDict, model,
                        image_shape: tuple[int, int, int], learning_rate_fn,
                        mesh) -> steps.TrainState:
   """Initialises parameters directly with replicated sharding."""
-  tx = optim.create_optimizer(config, learning_rate_fn)
+  tx = optim.create_optimizer(config, learning_rate_fn,
+                              _param_shapes(model, image_shape))
   init = _state_initializer(model, tx, image_shape, mesh)
   return init(jax.random.PRNGKey(config.seed))
+
+
+def _uses_init_from(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.init_from) and config.transfer.regime != 'scratch'
+
+
+def _start_from(state: steps.TrainState, variables: dict, mesh
+                ) -> steps.TrainState:
+  """`state` with pretrained variables and a fresh optimizer state for them."""
+  put = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
+  params = put(variables['params'])
+  opt_state = jax.jit(state.tx.init,
+                      out_shardings=sharding.replicated(mesh))(params)
+  return state.replace(params=params,
+                       batch_stats=put(variables['batch_stats']),
+                       opt_state=opt_state)
 
 
 # ------------------------------------------------------------------- program
@@ -141,9 +168,16 @@ def clear_programs() -> None:
   _PROGRAMS.clear()
 
 
-def _step_with_batch_fn(state, metrics, inputs, *, batch_fn, **step_options):
-  return steps.train_step(state, metrics, batch_fn(inputs, state.step),
-                          **step_options)
+def _step_with_batch_fn(state, metrics, inputs, *, batch_fn,
+                        keep_stats: tuple[bool, ...] = (), **step_options):
+  new_state, metrics = steps.train_step(
+      state, metrics, batch_fn(inputs, state.step), **step_options)
+  if any(keep_stats):  # frozen groups keep their loaded running statistics.
+    old, treedef = jax.tree.flatten(state.batch_stats)
+    new = jax.tree.leaves(new_state.batch_stats)
+    new_state = new_state.replace(batch_stats=jax.tree.unflatten(
+        treedef, [o if k else n for o, n, k in zip(old, new, keep_stats)]))
+  return new_state, metrics
 
 
 def get_program(config: ml_collections.ConfigDict, num_classes: int,
@@ -164,9 +198,18 @@ def get_program(config: ml_collections.ConfigDict, num_classes: int,
   model = create_model(config, num_classes)
   learning_rate_fn = optim.create_learning_rate_fn(
       config, steps_per_epoch, total_steps)
-  tx = optim.create_optimizer(config, learning_rate_fn)
+  shapes = _param_shapes(model, image_shape)
+  tx = optim.create_optimizer(config, learning_rate_fn, shapes)
+  keep_stats = ()
+  if config.transfer.freeze_batch_stats:
+    labels = regimes.param_labels(
+        shapes, regimes.regime_rules(config.transfer, shapes))
+    stats = jax.eval_shape(lambda: model.init(
+        {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+        jnp.zeros((1, *image_shape), jnp.float32))).get('batch_stats', {})
+    keep_stats = tuple(regimes.frozen_stats_mask(stats, labels))
   train_step = functools.partial(
-      _step_with_batch_fn, batch_fn=batch_fn,
+      _step_with_batch_fn, batch_fn=batch_fn, keep_stats=keep_stats,
       label_smoothing=config.loss.label_smoothing,
       aux_weight=config.loss.aux_weight,
       skip_nonfinite=config.on_nonfinite == 'skip')
@@ -294,13 +337,17 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   start_time = time.time()
   mesh = sharding.create_mesh()
   source, eval_sets, info = _load_data(config, mesh)
-  os.makedirs(workdir, exist_ok=True)  # only once the data is known good.
   spe = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * spe)))
   program = get_program(config, info.num_classes, info.image_shape, spe,
                         total_steps, source.step_batch_fn, mesh)
   state = program.init(jax.random.PRNGKey(config.seed))
+  pretrained = None
+  if _uses_init_from(config):  # checked even on resume: fails before writing.
+    pretrained = transfer_pretrained.load_pretrained(config, jax.device_get(
+        {'params': state.params, 'batch_stats': state.batch_stats}))
+  os.makedirs(workdir, exist_ok=True)  # only once the inputs are known good.
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,
                                              keep=config.keep_checkpoints)
@@ -311,6 +358,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   if restored is not None:
     state = restored
     logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+  elif pretrained is not None:
+    state = _start_from(state, pretrained, mesh)
+    logging.info('Initialised from %s.', config.init_from)
   writer.truncate_after(int(jax.device_get(state.step)))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -56,6 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.eval_batch_size = 1000
   config.input.train_subset = 0  # first N training examples (0 = all).
   config.input.test_subset = 0
+  # Transfer tasks: keep these class ids, relabelled 0..k-1 (() = all), and
+  # the first N training examples of each (0 = all); input_pipeline.class_subset.
+  config.input.classes = ml_collections.FieldReference((), field_type=tuple)
+  config.input.per_class = 0
   config.input.image_size = 0  # 0 = native size.
   # Stream from disk instead of holding the split in memory: 'auto' (tfds
   # names whose decoded train split exceeds stream_threshold_bytes; folders
@@ -104,6 +108,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.schedule.plateau_patience = 5  # in accumulation windows.
   config.schedule.plateau_accumulation_steps = 100
   config.schedule.plateau_cooldown = 0
+
+  # Transfer learning (cnn/transfer): start from a workdir of ours (its
+  # latest checkpoint) or a torchvision state_dict file (.pth/.pt/.npz);
+  # '' = random initialisation. Names matched by `init_dont_load` (regexes
+  # over 'params/...' and 'batch_stats/...' paths) keep their fresh values;
+  # the head is not loaded when its class count differs.
+  config.init_from = ''
+  config.init_dont_load = ml_collections.FieldReference((), field_type=tuple)
+  config.transfer = ml_collections.ConfigDict()
+  # 'full', 'fine_tune', 'feature_extraction' or 'scratch' (regimes.py).
+  config.transfer.regime = 'full'
+  config.transfer.fine_tune_groups = -1  # fine_tune: last k groups; -1 = all.
+  config.transfer.pretrained_lr_mult = 0.1  # lecture: 0.001 vs the head's 0.01.
+  # [(regex over parameter paths, multiplier or None = frozen), ...]; when
+  # not empty, replaces the regime's rules.
+  config.transfer.rules = ml_collections.FieldReference((), field_type=tuple)
+  # Frozen groups keep their loaded batch-norm running statistics.
+  config.transfer.freeze_batch_stats = True
+  # Yosinski et al.: load only the first n backbone groups (-1 = all).
+  config.transfer.copy_groups = -1
 
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.1

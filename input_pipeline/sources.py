@@ -22,7 +22,9 @@ Input config fields (ml_collections.ConfigDict or dict):
   examples, 0 = all), image_size (0 = native, else square resize),
   manual_dir (tfds manual_dir), download (let tfds download names that are
   not local), streaming ('auto'|'always'|'never'), stream_threshold_bytes,
-  preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample. Every
+  preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample, classes
+  (class ids kept and relabelled 0..k-1; () = all) and per_class (first N
+  training examples of each kept class; 0 = all; `class_subset`). Every
   field must be present (`configs/default.py` lists them all; a dict made
   from `default.get_config().input.to_dict()` has them).
 """
@@ -33,7 +35,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from input_pipeline import datasets, errors, eval_data, folder
+from input_pipeline import class_subset, datasets, errors, eval_data, folder
 
 PIPELINES = ('device', 'tfdata')
 STREAMING_MODES = ('auto', 'always', 'never')
@@ -128,6 +130,10 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
   if not name:
     raise errors.InputConfigError('config.input.dataset is not set.')
   if uses_streaming(input_config):
+    if any(_class_subset(input_config)):
+      raise errors.InputConfigError(
+          'config.input.classes / per_class select from data held in memory; '
+          'a streamed data set cannot use them (set them to () and 0).')
     from input_pipeline import streaming
     return streaming.get_info(name, **_common(input_config),
                               **_stream_kwargs(input_config))
@@ -135,9 +141,17 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
     raise errors.InputConfigError(
         "config.input.preprocess='imagenet' needs the streaming source: set "
         "--config.input.streaming=always (a tfds name or folder:).")
-  return datasets.get_dataset_info(
+  info = datasets.get_dataset_info(
       name, image_size=int(_field(input_config, 'image_size') or 0),
       **_common(input_config))
+  classes, per_class = _class_subset(input_config)
+  class_subset.check(classes, per_class, info.num_classes)
+  return class_subset.subset_info(info, classes)
+
+
+def _class_subset(input_config: Any) -> tuple[tuple[int, ...], int]:
+  return (tuple(int(c) for c in _field(input_config, 'classes')),
+          int(_field(input_config, 'per_class')))
 
 
 def _open_stream(input_config: Any, split: str, subset_field: str):
@@ -162,7 +176,14 @@ def _load(input_config: Any, split: str, subset_field: str
   images, labels = datasets.load_split(
       name, split, subset=int(_field(input_config, subset_field) or 0),
       image_size=image_size, **common)
-  info = datasets.get_dataset_info(name, image_size=image_size, **common)
+  info = get_input_info(input_config)
+  classes, per_class = _class_subset(input_config)
+  if classes or per_class:
+    images, labels = class_subset.select(
+        images, labels, classes, per_class if split == 'train' else 0)
+    if not len(labels):
+      raise errors.InputConfigError(
+          f'config.input.classes={classes} selects no {split} examples.')
   return images, labels, info
 
 

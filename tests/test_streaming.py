@@ -85,7 +85,8 @@ def _input_config(dataset, **overrides):
                 eval_batch_size=10, train_subset=0, test_subset=0,
                 image_size=0, augment=augment, streaming='always',
                 stream_threshold_bytes=2**30, preprocess='resize',
-                shuffle_buffer=16, stats_sample=10_000)
+                shuffle_buffer=16, stats_sample=10_000, classes=(),
+                per_class=0)
   config.update(overrides)
   return config
 

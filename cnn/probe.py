@@ -1,0 +1,404 @@
+"""Linear probes: how linearly separable the classes are at every stage.
+
+    python main.py --config=configs/default.py --workdir=runs/default \
+        --mode=probe --probe_shots=10,100,0
+
+Zeiler & Fergus (2014, table of "which layer to take features from") fit a
+linear classifier on the frozen features of each layer; big_vision's
+`evaluators/fewshot_lsr.py` does it in closed form with ridge regression on
+{-1, 1} one-hot targets, which needs no learning rate or epochs and is exact.
+
+`probe_workdir(config, workdir)` loads the workdir's newest checkpoint,
+computes eval-mode features of every named stage (`out` of the model's
+`__call__`, 4D maps global-average-pooled to [N, C]) for the training
+examples (the first `config.input.train_subset`, or all) and the test split,
+then for every shots value (examples per class drawn from the training
+features; 0 = all) and seed fits a probe ('ridge', or sklearn's 'logistic' /
+'svm' on standardised features) and measures train and test accuracy.
+`write_probe_results(rows, workdir)` writes `workdir/probe/probe.{csv,png}`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+import input_pipeline
+from cnn import checkpoint, errors, train
+from cnn.kernels import forms
+from cnn.visualize import common
+
+METHODS = ('ridge', 'logistic', 'svm')
+COLUMNS = ('layer', 'shots', 'seed', 'method', 'train_accuracy',
+           'test_accuracy', 'dim')
+
+
+# ----------------------------------------------------------------- the probes
+
+
+def _one_hot_pm1(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """[N] int -> [N, K] float64 targets, +1 for the class and -1 elsewhere
+  (big_vision's fewshot_lsr: symmetric targets keep the bias near zero)."""
+  return 2.0 * np.eye(num_classes)[np.asarray(labels, np.int64)] - 1.0
+
+
+def ridge_fit(features: np.ndarray, labels: np.ndarray, num_classes: int,
+              l2_reg: float) -> tuple[np.ndarray, np.ndarray]:
+  """Closed-form ridge regression onto {-1, 1} one-hot targets.
+
+  Minimises ||Xc W - Yc||² + l2_reg ||W||² with Xc, Yc the centred features
+  and targets, so the bias is not regularised: b = mean(Y) - mean(X) W.
+  Solved on the host in float64: the primal (XcᵀXc + λI) W = XcᵀYc when
+  N >= D, the dual W = Xcᵀ (XcXcᵀ + λI)⁻¹ Yc when N < D (an N x N system
+  instead of D x D; the same W).
+
+  Args:
+    features: [N, D] float.
+    labels: [N] int in 0..num_classes-1.
+    num_classes: K.
+    l2_reg: λ > 0.
+
+  Returns:
+    (W [D, K], b [K]), float64.
+  """
+  x = np.asarray(features, np.float64)
+  y = _one_hot_pm1(labels, num_classes)
+  x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+  xc, yc = x - x_mean, y - y_mean
+  n, d = xc.shape
+  if n >= d:
+    w = np.linalg.solve(xc.T @ xc + l2_reg * np.eye(d), xc.T @ yc)
+  else:
+    w = xc.T @ np.linalg.solve(xc @ xc.T + l2_reg * np.eye(n), yc)
+  return w, y_mean - x_mean @ w
+
+
+def ridge_predict(features: np.ndarray, w: np.ndarray, b: np.ndarray
+                  ) -> np.ndarray:
+  """[N, D] features -> [N] int predicted classes (argmax of X W + b)."""
+  return np.argmax(np.asarray(features, np.float64) @ w + b, axis=1)
+
+
+def _standardise(train_x: np.ndarray, test_x: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  # sklearn's solvers converge (and C means the same) on unit-scale inputs;
+  # the statistics come from the probe's training examples only.
+  mean = train_x.mean(axis=0)
+  std = train_x.std(axis=0)
+  std = np.where(std > 1e-12, std, 1.0)
+  return (train_x - mean) / std, (test_x - mean) / std
+
+
+def fit_and_score(method: str, train_x: np.ndarray, train_y: np.ndarray,
+                  test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
+                  l2_reg: float) -> tuple[float, float]:
+  """Fits one probe on [N, D] `train_x`; returns (train, test) accuracy."""
+  if method == 'ridge':
+    w, b = ridge_fit(train_x, train_y, num_classes, l2_reg)
+    train_pred = ridge_predict(train_x, w, b)
+    test_pred = ridge_predict(test_x, w, b)
+  else:
+    # Imported here: sklearn costs seconds to import and ridge needs none.
+    from sklearn import linear_model, svm  # pylint: disable=g-import-not-at-top
+    train_s, test_s = _standardise(np.asarray(train_x, np.float64),
+                                   np.asarray(test_x, np.float64))
+    if method == 'logistic':
+      clf = linear_model.LogisticRegression(max_iter=1000, C=0.316)
+    elif method == 'svm':
+      clf = svm.LinearSVC()
+    else:
+      raise errors.UserError(f'Unknown probe method {method!r}; valid: '
+                             f'{list(METHODS)}.')
+    clf.fit(train_s, train_y)
+    train_pred, test_pred = clf.predict(train_s), clf.predict(test_s)
+  return (float(np.mean(train_pred == train_y)),
+          float(np.mean(test_pred == test_y)))
+
+
+def few_shot_indices(labels: np.ndarray, shots: int, seed: int,
+                     num_classes: int) -> np.ndarray:
+  """Indices of `shots` examples of every class (0 = all examples), drawn
+  without replacement with `np.random.default_rng(seed)`; sorted."""
+  if shots == 0:
+    return np.arange(len(labels))
+  rng = np.random.default_rng(seed)
+  picked = [rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+            for c in range(num_classes)]
+  return np.sort(np.concatenate(picked))
+
+
+# ------------------------------------------------------------------ features
+
+
+def _pool(x: jax.Array) -> jax.Array:
+  # Maps [N, H, W, C] -> [N, C]: flattening would give D = H * W * C (150k
+  # for a ResNet's stem) and a probe of positions rather than of features.
+  x = x.astype(jnp.float32)
+  return x.mean(axis=(1, 2)) if x.ndim == 4 else x.reshape(x.shape[0], -1)
+
+
+def stage_features(model, variables: dict, batches: Iterable[dict],
+                   layers: Sequence[str], *, with_labels: bool = False):
+  """Eval-mode features of `layers` over every real row of `batches`.
+
+  4D maps [B, H, W, C] are global-average-pooled to [B, C] (as probing
+  papers and big_vision do, to keep D small); 2D features [B, F] are kept as
+  they are. Padding rows (batch 'mask' 0) are dropped. The forward pass is
+  jitted once (every batch has the same shape).
+
+  Args:
+    model: a `Classifier` (`model.apply(variables, x, train=False)` returns
+      `(logits, out)`).
+    variables: {'params', ('batch_stats')}.
+    batches: dicts with 'image' [B, H, W, C], 'label' [B], 'mask' [B].
+    layers: names of `out` entries.
+    with_labels: also return the labels.
+
+  Returns:
+    {layer: [N, D] float32 numpy}, and with `with_labels` also [N] int labels.
+  """
+  layers = tuple(layers)
+
+  @jax.jit
+  def forward(variables, images):
+    _, out = model.apply(variables, images, train=False)
+    return {name: _pool(out[name]) for name in layers}
+
+  parts = {name: [] for name in layers}
+  labels = []
+  for batch in batches:
+    keep = np.asarray(batch['mask']) > 0
+    feats = jax.device_get(forward(variables, jnp.asarray(batch['image'])))
+    for name in layers:
+      parts[name].append(np.asarray(feats[name])[keep])
+    labels.append(np.asarray(batch['label'])[keep])
+  features = {name: np.concatenate(parts[name]) for name in layers}
+  if with_labels:
+    return features, np.concatenate(labels).astype(np.int64)
+  return features
+
+
+def layer_names(model, variables: dict, input_shape: tuple[int, int, int]
+                ) -> list[str]:
+  """The probe-able entries of `out` (all but 'logits'), stem first and
+  pre_logits last (an abstract trace, no compute)."""
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  _, out = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False), variables, x)
+  names = sorted((k for k in out if k not in ('logits', 'pre_logits')),
+                 key=common.stage_order)
+  return names + (['pre_logits'] if 'pre_logits' in out else [])
+
+
+# ------------------------------------------------------------------- workdir
+
+
+def _load_variables(workdir: str, model, input_shape) -> tuple[int, dict]:
+  """(step, variables) of the newest checkpoint, checked against `model`."""
+  try:
+    step, arrays = checkpoint.load_arrays(workdir)
+  except FileNotFoundError:
+    raise errors.UserError(
+        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train '
+        f'first (python main.py --config=... --workdir={workdir}) or point '
+        '--workdir at a trained run.') from None
+  variables = {'params': arrays['params']}
+  if arrays.get('batch_stats'):
+    variables['batch_stats'] = arrays['batch_stats']
+  # A config for another model would fail deep inside flax; say it plainly.
+  want = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+      jnp.zeros((1, *input_shape), jnp.float32), train=False))
+  want = {k: want[k] for k in variables if k in want}
+  shapes = lambda tree: sorted(
+      (jax.tree_util.keystr(path), tuple(a.shape))
+      for path, a in jax.tree_util.tree_flatten_with_path(tree)[0])
+  if shapes(want) != shapes(variables):
+    raise errors.UserError(
+        f'The checkpoint in {workdir} does not fit the model of this config '
+        '(other arrays); pass the --config (and overrides) the run was '
+        'trained with.')
+  return int(step), jax.tree.map(jnp.asarray, variables)
+
+
+def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                  layers: Sequence[str] | None = None,
+                  shots: Sequence[int] = (10, 100, 1000),
+                  seeds: Sequence[int] = (0, 1, 2), method: str = 'ridge',
+                  l2_reg: float = 2.0**10) -> list[dict[str, Any]]:
+  """Linear probes of every layer of the run in `workdir`.
+
+  Args:
+    config: the config of the run (as given on the command line).
+    workdir: a trained workdir; its newest checkpoint is probed.
+    layers: `out` names to probe; default all but 'logits'.
+    shots: training examples per class (0 = every training example); a
+      value larger than the rarest class has is skipped with a warning.
+    seeds: seeds of the draw of the examples.
+    method: 'ridge' (closed form, `l2_reg`), 'logistic' or 'svm'.
+    l2_reg: ridge's λ.
+
+  Returns:
+    One dict per (layer, shots, seed): `COLUMNS` (accuracies in [0, 1],
+    `dim` the feature dimension D).
+
+  Raises:
+    errors.UserError: unknown method or layer, bad shots, no checkpoint,
+      a checkpoint of another model. All before any data is read.
+  """
+  if method not in METHODS:
+    raise errors.UserError(f'Unknown probe method {method!r}; valid: '
+                           f'{list(METHODS)}.')
+  shots = [int(s) for s in shots]
+  if not shots or any(s < 0 for s in shots) or not seeds:
+    raise errors.UserError(f'Probe shots must be integers >= 0 (0 = all) and '
+                           f'seeds not empty; got shots={shots}, '
+                           f'seeds={list(seeds)}.')
+  inp = config.input
+  info = input_pipeline.get_input_info(inp)
+  model = train.create_model(config, info.num_classes)
+  step, variables = _load_variables(workdir, model, info.image_shape)
+  valid = layer_names(model, variables, info.image_shape)
+  layers = list(layers) if layers else valid
+  unknown = [name for name in layers if name not in valid]
+  if unknown:
+    raise errors.UserError(f'Unknown probe layer(s) {unknown}; this model has '
+                           f'{valid} (pass a comma list of them).')
+
+  def features(split):
+    batches = input_pipeline.create_eval_batches(
+        inp, split=split, batch_size=int(inp.eval_batch_size))
+    return stage_features(model, variables, batches, layers, with_labels=True)
+
+  with forms.use_conv_impl(config.get('conv_impl', 'auto')):
+    train_feats, train_labels = features('train')
+    test_feats, test_labels = features('test')
+  logging.info('Probing step %d: %d training, %d test examples, layers %s.',
+               step, len(train_labels), len(test_labels), layers)
+  counts = np.bincount(train_labels, minlength=info.num_classes)
+  usable = [s for s in shots if s <= counts.min()]
+  if len(usable) < len(shots):
+    logging.warning('Skipping shots %s: the rarest class has %d training '
+                    'examples.', [s for s in shots if s not in usable],
+                    counts.min())
+  if not usable:
+    raise errors.UserError(
+        f'Every shots value {shots} exceeds the {counts.min()} training '
+        'examples of the rarest class; pass smaller --probe_shots (or 0 = '
+        'all).')
+  rows = []
+  for layer in layers:
+    for s in usable:
+      for seed in seeds:
+        idx = few_shot_indices(train_labels, s, seed, info.num_classes)
+        train_acc, test_acc = fit_and_score(
+            method, train_feats[layer][idx], train_labels[idx],
+            test_feats[layer], test_labels, info.num_classes, l2_reg)
+        rows.append(dict(layer=layer, shots=s, seed=int(seed), method=method,
+                         train_accuracy=train_acc, test_accuracy=test_acc,
+                         dim=int(train_feats[layer].shape[1])))
+  return rows
+
+
+# ------------------------------------------------------------------- results
+
+
+def summarise(rows: Sequence[dict[str, Any]]
+              ) -> tuple[list[str], list[int], dict[tuple[str, int], tuple]]:
+  """(layers in row order, shots in row order, {(layer, shots): (mean, std,
+  seeds)} of the test accuracy over seeds)."""
+  layers = list(dict.fromkeys(r['layer'] for r in rows))
+  shots = list(dict.fromkeys(r['shots'] for r in rows))
+  stats = {}
+  for layer in layers:
+    for s in shots:
+      acc = [r['test_accuracy'] for r in rows
+             if r['layer'] == layer and r['shots'] == s]
+      if acc:
+        stats[layer, s] = (float(np.mean(acc)), float(np.std(acc)), len(acc))
+  return layers, shots, stats
+
+
+def _shots_name(s: int) -> str:
+  return 'all' if s == 0 else f'{s}-shot'
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown table: test accuracy mean ± std over seeds, layer x shots."""
+  layers, shots, stats = summarise(rows)
+  dims = {r['layer']: r['dim'] for r in rows}
+  lines = ['| layer | dim | ' + ' | '.join(_shots_name(s) for s in shots)
+           + ' |', '|---|---:|' + '---:|' * len(shots)]
+  for layer in layers:
+    cells = [f'{stats[layer, s][0]:.3f} ± {stats[layer, s][1]:.3f}'
+             if (layer, s) in stats else '' for s in shots]
+    lines.append(f'| {layer} | {dims[layer]} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _replace_atomically(path: str, write) -> None:
+  """`write(file)` into a temporary file beside `path`, then renames it: a
+  reader sees the old file or the whole new one, never half of one."""
+  directory = os.path.dirname(path)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-',
+                             suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_probe_results(rows: Sequence[dict[str, Any]], workdir: str
+                        ) -> tuple[str, str]:
+  """Writes `workdir/probe/probe.csv` (one row per fit) and `probe.png`
+  (test accuracy vs layer, a line per shots value, error bars ± std over
+  seeds). Returns the two paths."""
+  out_dir = os.path.join(workdir, 'probe')
+  os.makedirs(out_dir, exist_ok=True)
+  csv_path = os.path.join(out_dir, 'probe.csv')
+  png_path = os.path.join(out_dir, 'probe.png')
+
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=COLUMNS)
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: r[k] for k in COLUMNS})
+  _replace_atomically(csv_path, lambda f: f.write(text.getvalue().encode()))
+
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  layers, shots, stats = summarise(rows)
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(layers)), 3.6))
+  x = np.arange(len(layers))
+  for s in shots:
+    have = [i for i, layer in enumerate(layers) if (layer, s) in stats]
+    ax.errorbar(x[have], [stats[layers[i], s][0] for i in have],
+                yerr=[stats[layers[i], s][1] for i in have], marker='o',
+                capsize=3, label=_shots_name(s))
+  ax.set_xticks(x, layers, rotation=30, ha='right')
+  ax.set_ylabel('test accuracy')
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.set_title(f'linear probes ({rows[0]["method"]})' if rows else
+               'linear probes')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _replace_atomically(png_path,
+                      lambda f: fig.savefig(f, format='png', dpi=common.DPI))
+  plt.close(fig)
+  return csv_path, png_path

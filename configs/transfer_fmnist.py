@@ -1,0 +1,83 @@
+"""The lectures' 2x2 transfer guidance table, measured offline.
+
+    python main.py --config=configs/transfer_source.py \
+        --workdir=runs/transfer_source_lenet5
+    python main.py --config=configs/transfer_fmnist.py \
+        --workdir=runs/transfer_fmnist
+
+Source: LeNet-5 trained on Fashion-MNIST classes 0-4
+(configs/transfer_source.py). Targets: Fashion-MNIST classes 5-9 (Sandal,
+Shirt, Sneaker, Bag, Ankle boot: the *similar* domain) and scikit-learn's
+8x8 digits resized to 28x28 (a *different* domain), with 10, 100 and 1,000
+training examples per class (digits has about 143 per class: "1000" is all
+of them), under each regime of `cnn.transfer.regimes`:
+  scratch             random initialisation (the baseline);
+  feature_extraction  the pretrained backbone frozen, a new head;
+  fine_tune           the last two parameter groups (f5, f6) at 0.001, the
+                      head at 0.01, the convolutions frozen;
+  full                everything from the pretrained start at 0.01.
+Every member trains 300 SGD steps (batch 50, momentum 0.9, cosine from
+0.01, no augmentation) whatever its data size, and is evaluated once at the
+end on the target's whole test split (5,000 / 360 images); 3 seeds (the
+seed draws the head's initialisation and the batch order; the examples per
+class are the first N of the split, the same for every seed). Batch-norm
+running statistics are updated on the target in every regime.
+"""
+
+import ml_collections
+
+from cnn import sweep
+from configs import default
+
+SOURCE_WORKDIR = 'runs/transfer_source_lenet5'
+TARGETS = {
+    'fmnist59': dict(dataset='fashion_mnist', classes=(5, 6, 7, 8, 9),
+                     image_size=0),
+    'digits': dict(dataset='digits', classes=(), image_size=28),
+}
+SHOTS = (10, 100, 1000)
+REGIMES = ('scratch', 'feature_extraction', 'fine_tune', 'full')
+SEEDS = (0, 1, 2)
+STEPS = 300
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  config.init_from = SOURCE_WORKDIR
+  config.input.classes = TARGETS['fmnist59']['classes']
+  config.input.batch_size = 50
+  config.input.augment.flip_lr = False
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 0.01
+  config.optimizer.weight_decay = 5e-4
+  config.schedule.name = 'cosine'
+  config.loss.label_smoothing = 0.0
+  config.transfer.fine_tune_groups = 2
+  config.transfer.pretrained_lr_mult = 0.1
+  # Running statistics follow the target data in every group: kept at the
+  # source's, frozen batch norms would normalise the target's training
+  # batches (batch statistics) and its test images (source statistics)
+  # differently.
+  config.transfer.freeze_batch_stats = False
+  config.num_train_steps = STEPS
+  config.eval_every_epochs = 1e9  # once, at the end.
+  config.eval_on_train = True
+  config.checkpoint_every_steps = 10 * STEPS
+  config.keep_checkpoints = 1
+  return config
+
+
+def get_sweep() -> list[dict]:
+  targets = [{'input.dataset': t['dataset'], 'input.classes': t['classes'],
+              'input.image_size': t['image_size']} for t in TARGETS.values()]
+  return sweep.product(
+      sweep.axis('seed', SEEDS), targets,
+      sweep.axis('input.per_class', SHOTS),
+      sweep.axis('transfer.regime', REGIMES))
+
+
+def member_name(overrides: dict) -> str:
+  target = next(k for k, t in TARGETS.items()
+                if t['dataset'] == overrides['input.dataset'])
+  return (f"{target}-shots{overrides['input.per_class']}-"
+          f"{overrides['transfer.regime']}-seed{overrides['seed']}")

@@ -1,0 +1,202 @@
+"""Transfer learning: init_from, regimes (freezing, per-group learning
+rates), class subsets, and a tiny end-to-end transfer run."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn import checkpoint, errors, train
+from cnn.transfer import pretrained, regimes
+from input_pipeline import InputConfigError, class_subset
+from tests.helpers import tiny_config
+
+SOURCE_CLASSES = (0, 1, 2, 3, 4)
+
+
+@pytest.fixture(scope='module')
+def source_workdir(tmp_path_factory):
+  """LeNet-5 trained a few steps on Fashion-MNIST classes 0-4."""
+  workdir = str(tmp_path_factory.mktemp('source'))
+  train.train_and_evaluate(tiny_config(**{
+      'input.classes': SOURCE_CLASSES, 'input.train_subset': 256,
+      'input.test_subset': 200}, num_epochs=1.0), workdir)
+  return workdir
+
+
+def _target(source_workdir, **overrides):
+  fields = {'input.classes': (5, 6, 7), 'input.per_class': 20,
+            'input.test_subset': 200, 'init_from': source_workdir,
+            'num_train_steps': 4, 'eval_every_epochs': 100.0}
+  fields.update(overrides)
+  return tiny_config(**fields)
+
+
+# ------------------------------------------------------------ class subsets
+
+
+def test_class_subset_relabels_in_order_and_keeps_first_per_class():
+  labels = np.array([3, 1, 3, 2, 1, 3, 0], np.int32)
+  images = np.arange(7)[:, None, None, None]
+  x, y = class_subset.select(images, labels, (3, 1), per_class=2)
+  np.testing.assert_array_equal(x[:, 0, 0, 0], [0, 1, 2, 4])
+  np.testing.assert_array_equal(y, [0, 1, 0, 1])
+  with pytest.raises(InputConfigError, match='distinct class ids'):
+    class_subset.check((3, 3), 0, 10)
+
+
+# ------------------------------------------------------------------ regimes
+
+
+def _toy_params():
+  return {'backbone': {'stem_conv': {'kernel': jnp.ones((3, 3, 1, 2))},
+                       'stage1_conv': {'kernel': jnp.ones((3, 3, 2, 2)),
+                                       'bias': jnp.ones((2,))},
+                       'stage10_conv': {'kernel': jnp.ones((2, 2))}},
+          'head': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones((3,))}}
+
+
+def test_learning_rate_multipliers_match_a_hand_scaled_optax_run():
+  params = _toy_params()
+  rules = [('head/.*', 1.0), (regimes.group_regex('stage1'), 0.1),
+           ('.*', None)]
+  labels = regimes.param_labels(params, rules)
+  assert labels['backbone']['stage10_conv']['kernel'] == 'frozen'
+  make = lambda lr=0.01: optax.sgd(lr, momentum=0.9)
+  tx = regimes.optimizer(make, labels)
+  full, slow = make(0.01), make(0.001)  # the hand-scaled references.
+  state, full_state, slow_state = (tx.init(params), full.init(params),
+                                   slow.init(params))
+  for i in range(3):
+    grads = jax.tree.map(
+        lambda p, i=i: jax.random.normal(jax.random.PRNGKey(i), p.shape),
+        params)
+    updates, state = tx.update(grads, state, params)
+    want_full, full_state = full.update(grads, full_state, params)
+    want_slow, slow_state = slow.update(grads, slow_state, params)
+    for group in ('kernel', 'bias'):
+      np.testing.assert_allclose(updates['head'][group],
+                                 want_full['head'][group], rtol=1e-6)
+      np.testing.assert_allclose(
+          updates['backbone']['stage1_conv'][group],
+          want_slow['backbone']['stage1_conv'][group], rtol=1e-5)
+    for frozen in ('stem_conv', 'stage10_conv'):
+      assert not np.any(updates['backbone'][frozen]['kernel'])
+  # Frozen groups hold no optimiser state (momentum) at all.
+  sizes = sum(x.size for x in jax.tree.leaves(state))
+  trained = sum(x.size for x in jax.tree.leaves(
+      [params['head'], params['backbone']['stage1_conv']]))
+  assert sizes == trained
+
+
+def test_rules_must_cover_every_parameter_and_match_something():
+  params = _toy_params()
+  with pytest.raises(errors.UserError, match='matched by no rule'):
+    regimes.param_labels(params, [('head/.*', 1.0)])
+  with pytest.raises(errors.UserError, match='match no parameter'):
+    regimes.param_labels(params, [('nothing/.*', 1.0), ('.*', 1.0)])
+
+
+def test_fine_tune_trains_the_last_groups_at_the_lower_rate():
+  config = tiny_config(**{'transfer.regime': 'fine_tune',
+                          'transfer.fine_tune_groups': 1})
+  params = _toy_params()
+  labels = regimes.param_labels(params,
+                                regimes.regime_rules(config.transfer, params))
+  assert regimes.backbone_groups(params) == ['stem', 'stage1', 'stage10']
+  assert labels['head']['bias'] == 'lr_x1'
+  assert labels['backbone']['stage10_conv']['kernel'] == 'lr_x0.1'
+  assert labels['backbone']['stage1_conv']['kernel'] == 'frozen'
+
+
+# ------------------------------------------------------------ loading
+
+
+def test_merge_names_unmatched_and_misshapen_names():
+  fresh = {'params': {'a': np.zeros(2), 'b': np.zeros(3)}, 'batch_stats': {}}
+  with pytest.raises(errors.UserError, match=r"\['params/b'\].*\['params/c'\]"):
+    pretrained.merge({'params': {'a': np.ones(2), 'c': np.ones(3)},
+                      'batch_stats': {}}, fresh, [])
+  with pytest.raises(errors.UserError, match='params/b has shape'):
+    pretrained.merge({'params': {'a': np.ones(2), 'b': np.ones(4)},
+                      'batch_stats': {}}, fresh, [])
+  merged = pretrained.merge({'params': {'a': np.ones(2)}, 'batch_stats': {}},
+                            fresh, ['params/b'])
+  np.testing.assert_array_equal(merged['params']['a'], 1.0)
+
+
+def test_feature_extraction_keeps_backbone_and_its_statistics(
+    source_workdir, tmp_path):
+  _, source = checkpoint.load_arrays(source_workdir)
+  workdir = str(tmp_path / 'fe')
+  train.train_and_evaluate(
+      _target(source_workdir, **{'transfer.regime': 'feature_extraction'}),
+      workdir)
+  _, target = checkpoint.load_arrays(workdir)
+  assert int(target['step']) == 4
+  # The frozen backbone and its batch-norm statistics: bit-identical.
+  for key in ('params', 'batch_stats'):
+    for a, b in zip(jax.tree.leaves(source[key]['backbone']),
+                    jax.tree.leaves(target[key]['backbone'])):
+      np.testing.assert_array_equal(a, b)
+  # A new 3-way head (the source's had 5 outputs), trained.
+  assert target['params']['head']['kernel'].shape[1] == 3
+
+
+def test_full_regime_starts_from_the_source_and_trains_everything(
+    source_workdir, tmp_path):
+  _, source = checkpoint.load_arrays(source_workdir)
+  config = _target(source_workdir, **{'transfer.regime': 'full',
+                                      'num_train_steps': 1})
+  fresh = train.create_model(config, 3).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  start = pretrained.load_pretrained(config, jax.device_get(fresh))
+  np.testing.assert_array_equal(start['params']['backbone']['c1_conv']['kernel'],
+                                source['params']['backbone']['c1_conv']['kernel'])
+  workdir = str(tmp_path / 'full')
+  train.train_and_evaluate(config, workdir)
+  _, target = checkpoint.load_arrays(workdir)
+  kernel = lambda t: t['params']['backbone']['c1_conv']['kernel']
+  assert not np.array_equal(kernel(source), kernel(target))
+  # Close to the source after one step at 0.01: it started there.
+  assert np.abs(kernel(source) - kernel(target)).max() < 0.1
+
+
+def test_copy_groups_loads_only_the_first_groups(source_workdir):
+  config = _target(source_workdir, **{'transfer.copy_groups': 1})
+  fresh = jax.device_get(train.create_model(config, 3).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
+  _, source = checkpoint.load_arrays(source_workdir)
+  start = pretrained.load_pretrained(config, fresh)
+  backbone = lambda t: t['params']['backbone']
+  np.testing.assert_array_equal(backbone(start)['c1_conv']['kernel'],
+                                backbone(source)['c1_conv']['kernel'])
+  np.testing.assert_array_equal(backbone(start)['c3_conv']['kernel'],
+                                backbone(fresh)['c3_conv']['kernel'])
+
+
+@pytest.mark.parametrize('init_from, message', [
+    ('/nonexistent/run', 'does not exist'),
+    ('WORKDIR/config.json', 'must be a PyTorch state_dict'),
+])
+def test_bad_init_from_fails_before_writing(source_workdir, tmp_path,
+                                            init_from, message):
+  init_from = init_from.replace('WORKDIR', source_workdir)
+  workdir = tmp_path / 'never'
+  with pytest.raises(errors.UserError, match=message):
+    train.train_and_evaluate(_target(init_from), str(workdir))
+  assert not workdir.exists()
+
+
+def test_init_from_another_architecture_is_refused(source_workdir, tmp_path):
+  config = _target(source_workdir, model_name='mlp')
+  with config.unlocked():
+    from cnn.models import registry
+    import ml_collections
+    config.model = ml_collections.ConfigDict(registry.backbone_options('mlp'))
+  with pytest.raises(errors.UserError, match="holds a 'lenet5' network"):
+    train.train_and_evaluate(config, str(tmp_path / 'never'))
+  assert not (tmp_path / 'never').exists()
