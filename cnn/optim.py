@@ -80,7 +80,7 @@ def _decay_mask(params):
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule, params=None
+                     learning_rate_fn: optax.Schedule, labels=None
                      ) -> optax.GradientTransformationExtraArgs:
   """The optax chain: clip -> optimizer (+ weight decay) -> plateau scaling,
   per parameter group as `config.transfer` says (frozen groups get no
@@ -92,14 +92,12 @@ def create_optimizer(config: ml_collections.ConfigDict,
   Args:
     config: the experiment config.
     learning_rate_fn: step -> learning rate.
-    params: the parameters (or their shapes) the rules are checked against;
-      None builds the single-group chain.
+    labels: a pytree like the parameters of `regimes.param_labels` (the
+      rule each parameter falls under); None builds the single-group chain.
   """
   make = lambda: _base_optimizer(config, learning_rate_fn)
-  if params is None:
+  if labels is None:
     return make()
-  labels = regimes.param_labels(
-      params, regimes.regime_rules(config.transfer, params))
   return regimes.optimizer(make, labels)
 
 

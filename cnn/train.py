@@ -37,7 +37,7 @@ from cnn import checkpoint as checkpoint_lib
 from cnn import metrics as metrics_lib
 from cnn import errors, optim, sharding, steps
 from cnn.kernels import forms
-from cnn.models import registry
+from cnn.models import base, registry
 from cnn.transfer import pretrained as transfer_pretrained
 from cnn.transfer import regimes
 
@@ -100,12 +100,23 @@ def _state_initializer(model, tx, image_shape: tuple[int, int, int], mesh
   return jax.jit(init, out_shardings=sharding.replicated(mesh))
 
 
-def _param_shapes(model, image_shape: tuple[int, int, int]):
+def _init_shapes(model, image_shape: tuple[int, int, int]) -> dict:
+  """The variables' shapes ({'params', 'batch_stats'?}), nothing computed."""
   return jax.eval_shape(
       lambda: model.init({'params': jax.random.PRNGKey(0),
                           'dropout': jax.random.PRNGKey(0)},
                          jnp.zeros((1, *image_shape), jnp.float32),
-                         train=False))['params']
+                         train=False))
+
+
+def _param_labels(config: ml_collections.ConfigDict, model,
+                  image_shape: tuple[int, int, int]):
+  """Each parameter's rule of `config.transfer` (`regimes.param_labels`);
+  a rule list that leaves a parameter uncovered fails here."""
+  rules = regimes.regime_rules(
+      config.transfer, base.backbone_groups(model, image_shape))
+  return regimes.param_labels(_init_shapes(model, image_shape)['params'],
+                              rules)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model,
@@ -113,7 +124,7 @@ def create_train_state(config: ml_collections.ConfigDict, model,
                        mesh) -> steps.TrainState:
   """Initialises parameters directly with replicated sharding."""
   tx = optim.create_optimizer(config, learning_rate_fn,
-                              _param_shapes(model, image_shape))
+                              _param_labels(config, model, image_shape))
   init = _state_initializer(model, tx, image_shape, mesh)
   return init(jax.random.PRNGKey(config.seed))
 
@@ -169,15 +180,12 @@ def clear_programs() -> None:
 
 
 def _step_with_batch_fn(state, metrics, inputs, *, batch_fn,
-                        keep_stats: tuple[bool, ...] = (), **step_options):
-  new_state, metrics = steps.train_step(
-      state, metrics, batch_fn(inputs, state.step), **step_options)
-  if any(keep_stats):  # frozen groups keep their loaded running statistics.
-    old, treedef = jax.tree.flatten(state.batch_stats)
-    new = jax.tree.leaves(new_state.batch_stats)
-    new_state = new_state.replace(batch_stats=jax.tree.unflatten(
-        treedef, [o if k else n for o, n, k in zip(old, new, keep_stats)]))
-  return new_state, metrics
+                        eval_mode_norms: frozenset = frozenset(),
+                        **step_options):
+  # Frozen groups' batch norms use and keep their loaded running statistics.
+  with forms.batch_norms_in_eval_mode(eval_mode_norms):
+    return steps.train_step(
+        state, metrics, batch_fn(inputs, state.step), **step_options)
 
 
 def get_program(config: ml_collections.ConfigDict, num_classes: int,
@@ -198,18 +206,14 @@ def get_program(config: ml_collections.ConfigDict, num_classes: int,
   model = create_model(config, num_classes)
   learning_rate_fn = optim.create_learning_rate_fn(
       config, steps_per_epoch, total_steps)
-  shapes = _param_shapes(model, image_shape)
-  tx = optim.create_optimizer(config, learning_rate_fn, shapes)
-  keep_stats = ()
+  labels = _param_labels(config, model, image_shape)
+  tx = optim.create_optimizer(config, learning_rate_fn, labels)
+  eval_mode_norms = frozenset()
   if config.transfer.freeze_batch_stats:
-    labels = regimes.param_labels(
-        shapes, regimes.regime_rules(config.transfer, shapes))
-    stats = jax.eval_shape(lambda: model.init(
-        {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
-        jnp.zeros((1, *image_shape), jnp.float32))).get('batch_stats', {})
-    keep_stats = tuple(regimes.frozen_stats_mask(stats, labels))
+    eval_mode_norms = regimes.frozen_norms(
+        _init_shapes(model, image_shape).get('batch_stats', {}), labels)
   train_step = functools.partial(
-      _step_with_batch_fn, batch_fn=batch_fn, keep_stats=keep_stats,
+      _step_with_batch_fn, batch_fn=batch_fn, eval_mode_norms=eval_mode_norms,
       label_smoothing=config.loss.label_smoothing,
       aux_weight=config.loss.aux_weight,
       skip_nonfinite=config.on_nonfinite == 'skip')
@@ -345,8 +349,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   state = program.init(jax.random.PRNGKey(config.seed))
   pretrained = None
   if _uses_init_from(config):  # checked even on resume: fails before writing.
-    pretrained = transfer_pretrained.load_pretrained(config, jax.device_get(
-        {'params': state.params, 'batch_stats': state.batch_stats}))
+    pretrained = transfer_pretrained.load_pretrained(
+        config, jax.device_get({'params': state.params,
+                                'batch_stats': state.batch_stats}),
+        base.backbone_groups(program.model, info.image_shape))
   os.makedirs(workdir, exist_ok=True)  # only once the inputs are known good.
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,

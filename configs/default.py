@@ -124,7 +124,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # [(regex over parameter paths, multiplier or None = frozen), ...]; when
   # not empty, replaces the regime's rules.
   config.transfer.rules = ml_collections.FieldReference((), field_type=tuple)
-  # Frozen groups keep their loaded batch-norm running statistics.
+  # Frozen groups' batch norms in eval mode: they normalise with their loaded
+  # running statistics and keep them. False: batch statistics, updated.
   config.transfer.freeze_batch_stats = True
   # Yosinski et al.: load only the first n backbone groups (-1 = all).
   config.transfer.copy_groups = -1

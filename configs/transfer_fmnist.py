@@ -20,8 +20,10 @@ Every member trains 300 SGD steps (batch 50, momentum 0.9, cosine from
 0.01, no augmentation) whatever its data size, and is evaluated once at the
 end on the target's whole test split (5,000 / 360 images); 3 seeds (the
 seed draws the head's initialisation and the batch order; the examples per
-class are the first N of the split, the same for every seed). Batch-norm
-running statistics are updated on the target in every regime.
+class are the first N of the split, the same for every seed). The batch
+norms of frozen groups run in eval mode (the source's running statistics,
+kept); those of trained groups normalise with batch statistics and update
+their running ones on the target.
 """
 
 import ml_collections
@@ -54,11 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.label_smoothing = 0.0
   config.transfer.fine_tune_groups = 2
   config.transfer.pretrained_lr_mult = 0.1
-  # Running statistics follow the target data in every group: kept at the
-  # source's, frozen batch norms would normalise the target's training
-  # batches (batch statistics) and its test images (source statistics)
-  # differently.
-  config.transfer.freeze_batch_stats = False
+  config.transfer.freeze_batch_stats = True  # frozen groups: eval mode.
   config.num_train_steps = STEPS
   config.eval_every_epochs = 1e9  # once, at the end.
   config.eval_on_train = True

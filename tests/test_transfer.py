@@ -10,11 +10,14 @@ import optax
 import pytest
 
 from cnn import checkpoint, errors, train
+from cnn.models import base
+from configs import transfer_source, transfer_source_resnet
 from cnn.transfer import pretrained, regimes
 from input_pipeline import InputConfigError, class_subset
 from tests.helpers import tiny_config
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
+LENET_GROUPS = ['c1', 'c3', 'f5', 'f6']
 
 
 @pytest.fixture(scope='module')
@@ -104,12 +107,22 @@ def test_fine_tune_trains_the_last_groups_at_the_lower_rate():
   config = tiny_config(**{'transfer.regime': 'fine_tune',
                           'transfer.fine_tune_groups': 1})
   params = _toy_params()
-  labels = regimes.param_labels(params,
-                                regimes.regime_rules(config.transfer, params))
-  assert regimes.backbone_groups(params) == ['stem', 'stage1', 'stage10']
+  rules = regimes.regime_rules(config.transfer, ['stem', 'stage1', 'stage10'])
+  labels = regimes.param_labels(params, rules)
   assert labels['head']['bias'] == 'lr_x1'
   assert labels['backbone']['stage10_conv']['kernel'] == 'lr_x0.1'
   assert labels['backbone']['stage1_conv']['kernel'] == 'frozen'
+
+
+@pytest.mark.parametrize('source, groups', [
+    (transfer_source, LENET_GROUPS),
+    (transfer_source_resnet, ['stem', 'stage1', 'stage2', 'stage3'])])
+def test_backbone_groups_come_in_the_order_the_network_applies_them(
+    source, groups):
+  # Parameter trees sort their keys ('stage1' < 'stem'); the order is the
+  # forward pass's.
+  model = train.create_model(source.get_config(), 5)
+  assert base.backbone_groups(model, (28, 28, 1)) == groups
 
 
 # ------------------------------------------------------------ loading
@@ -146,6 +159,41 @@ def test_feature_extraction_keeps_backbone_and_its_statistics(
   assert target['params']['head']['kernel'].shape[1] == 3
 
 
+def test_frozen_batch_norms_run_in_eval_mode_inside_a_training_pass():
+  import flax.linen as nn
+  from cnn import layers
+  from cnn.kernels import forms
+
+  class TwoNorms(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      norm = layers.batch_norm(jnp.float32, train)
+      return norm(name='kept')(x), norm(name='trained')(x)
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 3)) * 3.0 + 1.0
+  variables = TwoNorms().init(jax.random.PRNGKey(1), x, train=False)
+  stats = {'mean': jnp.array([0.5, -1.0, 2.0]), 'var': jnp.array([4., 1., .25])}
+  variables = {'params': variables['params'],
+               'batch_stats': {'kept': stats, 'trained': stats}}
+  frozen = regimes.frozen_norms(
+      variables['batch_stats'],
+      {'kept': {'scale': 'frozen', 'bias': 'frozen'},
+       'trained': {'scale': 'lr_x1', 'bias': 'lr_x1'}})
+  assert frozen == {('kept',)}
+  with forms.batch_norms_in_eval_mode(frozen):
+    (kept, trained), updates = jax.jit(lambda v: TwoNorms().apply(
+        v, x, train=True, mutable=['batch_stats']))(variables)
+  # The frozen norm: (x - running mean) / sqrt(running var + eps), stats kept.
+  expected = (x - stats['mean']) / np.sqrt(stats['var'] + 1e-5)
+  np.testing.assert_allclose(kept, expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(updates['batch_stats']['kept']['mean'],
+                                stats['mean'])
+  # The trained one: batch statistics, running averages moved.
+  np.testing.assert_allclose(trained.mean(0), 0.0, atol=1e-5)
+  assert not np.allclose(updates['batch_stats']['trained']['mean'],
+                         stats['mean'])
+
+
 def test_full_regime_starts_from_the_source_and_trains_everything(
     source_workdir, tmp_path):
   _, source = checkpoint.load_arrays(source_workdir)
@@ -153,7 +201,7 @@ def test_full_regime_starts_from_the_source_and_trains_everything(
                                       'num_train_steps': 1})
   fresh = train.create_model(config, 3).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-  start = pretrained.load_pretrained(config, jax.device_get(fresh))
+  start = pretrained.load_pretrained(config, jax.device_get(fresh), LENET_GROUPS)
   np.testing.assert_array_equal(start['params']['backbone']['c1_conv']['kernel'],
                                 source['params']['backbone']['c1_conv']['kernel'])
   workdir = str(tmp_path / 'full')
@@ -170,7 +218,7 @@ def test_copy_groups_loads_only_the_first_groups(source_workdir):
   fresh = jax.device_get(train.create_model(config, 3).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
   _, source = checkpoint.load_arrays(source_workdir)
-  start = pretrained.load_pretrained(config, fresh)
+  start = pretrained.load_pretrained(config, fresh, LENET_GROUPS)
   backbone = lambda t: t['params']['backbone']
   np.testing.assert_array_equal(backbone(start)['c1_conv']['kernel'],
                                 backbone(source)['c1_conv']['kernel'])

@@ -14,7 +14,7 @@ exists is measured in `benchmarks/FINDINGS.md`; the numbers live there only.
   materialize       an identity that makes XLA on CPU store an activation
                     instead of recomputing it inside every consumer.
 
-Two process-wide switches, both read when a function is traced (a function
+Three process-wide switches, all read when a function is traced (a function
 already jitted keeps the forms it was traced with; trace it again inside the
 context to change them):
 
@@ -25,6 +25,12 @@ context to change them):
   reference_convolutions()  the plain network: XLA convolutions whatever the
                             switch says, `materialize` the identity, flax's
                             batch norm (for size accounting and ablations).
+  batch_norms_in_eval_mode(paths)
+                            the `BatchNorm`s at these module paths normalise
+                            with their running statistics and leave them
+                            unchanged, even in a training pass (the frozen
+                            groups of a transfer run; entered inside the
+                            traced step, so it is part of the trace).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ ENV_VAR = 'CNN_CONV_IMPL'  # the switch's default, when set
 
 _CONV_IMPL = contextvars.ContextVar('conv_impl', default=None)
 _REFERENCE = contextvars.ContextVar('reference_convolutions', default=False)
+_EVAL_MODE_NORMS = contextvars.ContextVar('eval_mode_norms',
+                                          default=frozenset())
 
 
 # --- The switches -------------------------------------------------------------
@@ -101,6 +109,19 @@ def reference_convolutions() -> Iterator[None]:
     _REFERENCE.reset(token)
 
 
+@contextlib.contextmanager
+def batch_norms_in_eval_mode(paths) -> Iterator[None]:
+  """Within this context the `BatchNorm` modules whose path (a tuple of
+  module names from the root, as `('backbone', 'stage1_block0', 'bn1')`)
+  is in `paths` use and keep their running statistics whatever their
+  `use_running_average` says."""
+  token = _EVAL_MODE_NORMS.set(frozenset(tuple(p) for p in paths))
+  try:
+    yield
+  finally:
+    _EVAL_MODE_NORMS.reset(token)
+
+
 def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 
@@ -148,18 +169,22 @@ class BatchNorm(nn.BatchNorm):
   layer.
 
   Input: [..., features] (statistics over every axis but `axis`). `mask` is
-  not supported.
+  not supported. Inside `batch_norms_in_eval_mode` a listed module runs on
+  its running statistics (this formulation, even under
+  `reference_convolutions`).
   """
 
   @nn.compact
   def __call__(self, x: Array, use_running_average: bool | None = None, *,
                mask: Array | None = None) -> Array:
-    if _REFERENCE.get():
+    in_eval_mode = (self.scope is not None and
+                    tuple(self.scope.path) in _EVAL_MODE_NORMS.get())
+    if _REFERENCE.get() and not in_eval_mode:
       return super().__call__(x, use_running_average, mask=mask)
     if mask is not None:
       raise NotImplementedError('cnn.kernels.forms.BatchNorm has no `mask`; '
                                 'use flax.linen.BatchNorm.')
-    use_running_average = nn.merge_param(
+    use_running_average = in_eval_mode or nn.merge_param(
         'use_running_average', self.use_running_average, use_running_average)
     axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
     feature_axes = tuple(sorted(a % x.ndim for a in axis))

@@ -74,6 +74,35 @@ def param_group(path: tuple[str, ...]) -> str:
   return path[1].split('_')[0]
 
 
+def backbone_groups(model: nn.Module, image_shape: tuple[int, ...]
+                    ) -> list[str]:
+  """The backbone's parameter groups in the order the network applies them
+  to an image of `image_shape` (H, W, C): ['stem', 'stage1', ...].
+
+  Read off a shape-only trace of `model.init`: parameter trees come back
+  with their keys sorted ('stage1' < 'stem'), so their order says nothing.
+  Groups never applied in eval mode (auxiliary heads) come last, sorted.
+  """
+  order = []
+
+  def record(next_fun, args, kwargs, context):
+    path = context.module.path
+    if len(path) >= 2 and path[0] == 'backbone':
+      group = param_group(tuple(path))
+      if group not in order:
+        order.append(group)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    params = jax.eval_shape(lambda: model.init(
+        {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+        jnp.zeros((1, *image_shape), jnp.float32), train=False))['params']
+  with_params = {param_group(('backbone', k)) for k in params.get('backbone',
+                                                                  {})}
+  return ([g for g in order if g in with_params] +
+          sorted(with_params - set(order)))
+
+
 def param_group_labels(params) -> Any:
   """A pytree like `params` whose leaves are their group names (the labels
   `optax.multi_transform` takes)."""

@@ -90,11 +90,11 @@ def _workdir_variables(workdir: str, model_name: str) -> dict[str, Any]:
   return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
 
 
-def _copy_groups_regexes(params, copy_groups: int) -> list[str]:
-  """dont_load regexes for every backbone group after the first n."""
+def _copy_groups_regexes(groups: list[str], copy_groups: int) -> list[str]:
+  """dont_load regexes for every backbone group after the first n (`groups`
+  in the order the network applies them)."""
   if copy_groups < 0:
     return []
-  groups = regimes.backbone_groups(params)
   if copy_groups > len(groups):
     raise errors.UserError(
         f'config.transfer.copy_groups={copy_groups}, but the network has '
@@ -139,9 +139,12 @@ def merge(loaded: dict[str, Any], fresh: dict[str, Any],
   return jax.tree_util.tree_map_with_path(pick, fresh)
 
 
-def load_pretrained(config, fresh: dict[str, Any]) -> dict[str, Any]:
+def load_pretrained(config, fresh: dict[str, Any], groups: list[str]
+                    ) -> dict[str, Any]:
   """The variables to start `config`'s run from: `fresh` (numpy or device
-  arrays, {'params', 'batch_stats'}) merged with `config.init_from`."""
+  arrays, {'params', 'batch_stats'}) merged with `config.init_from`;
+  `groups`: the backbone's parameter groups in application order
+  (`base.backbone_groups`, for `config.transfer.copy_groups`)."""
   num_classes = fresh['params']['head']['bias'].shape[0]
   loaded = _source_variables(config.init_from, config.model_name,
                              num_classes)
@@ -151,6 +154,5 @@ def load_pretrained(config, fresh: dict[str, Any]) -> dict[str, Any]:
   head = loaded['params'].get('head', {})
   if head.get('bias') is not None and np.shape(head['bias'])[0] != num_classes:
     dont_load.append(HEAD_REGEX)  # another class count: a new head.
-  dont_load += _copy_groups_regexes(fresh['params'],
-                                    config.transfer.copy_groups)
+  dont_load += _copy_groups_regexes(groups, config.transfer.copy_groups)
   return merge(loaded, fresh, dont_load)

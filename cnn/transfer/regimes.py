@@ -32,7 +32,6 @@ import jax
 import optax
 
 from cnn import errors
-from cnn.models import base
 
 REGIMES = ('full', 'fine_tune', 'feature_extraction', 'scratch')
 Rule = tuple[str, float | None]
@@ -44,25 +43,16 @@ def path_names(tree) -> list[str]:
           jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def backbone_groups(params) -> list[str]:
-  """The backbone's parameter groups in the order the network applies them
-  (the insertion order of `params['backbone']`, as `model.init` builds it)."""
-  groups = []
-  for name in params.get('backbone', {}):
-    group = base.param_group(('backbone', name))
-    if group not in groups:
-      groups.append(group)
-  return groups
-
-
 def group_regex(group: str) -> str:
   """Matches the parameters of backbone group `group` ('stage1' matches
   'stage1_block2/...' but not 'stage10_...')."""
   return f'backbone/{re.escape(group)}(_[^/]*)?/.*'
 
 
-def regime_rules(transfer_config, params) -> list[Rule]:
-  """The rules of `transfer_config.regime` (or its explicit `rules`)."""
+def regime_rules(transfer_config, groups: Sequence[str]) -> list[Rule]:
+  """The rules of `transfer_config.regime` (or its explicit `rules`);
+  `groups`: the backbone's parameter groups in the order the network applies
+  them (`base.backbone_groups`)."""
   if transfer_config.rules:
     return [(str(r), None if m is None else float(m))
             for r, m in transfer_config.rules]
@@ -75,7 +65,7 @@ def regime_rules(transfer_config, params) -> list[Rule]:
     return [('.*', 1.0)]
   if regime == 'feature_extraction':
     return [('head/.*', 1.0), ('.*', None)]
-  groups = backbone_groups(params)
+  groups = list(groups)
   k = transfer_config.fine_tune_groups
   if not -1 <= k <= len(groups) or k == 0:
     raise errors.UserError(
@@ -139,12 +129,14 @@ def optimizer(make_tx, labels) -> optax.GradientTransformationExtraArgs:
   return optax.multi_transform(transforms, labels)
 
 
-def frozen_stats_mask(batch_stats, labels) -> list[bool]:
-  """Per leaf of `batch_stats`: whether its module's parameters are all
-  frozen (its running statistics are then kept as loaded)."""
+def frozen_norms(batch_stats, labels) -> frozenset[tuple[str, ...]]:
+  """Paths of the modules that hold running statistics and whose parameters
+  are all frozen: with `config.transfer.freeze_batch_stats` they run in
+  eval mode (`forms.batch_norms_in_eval_mode`)."""
   frozen, trained = set(), set()
   for name, label in zip(path_names(labels), jax.tree.leaves(labels)):
-    module = name.rsplit('/', 1)[0]
+    module = tuple(name.split('/')[:-1])
     (frozen if label == 'frozen' else trained).add(module)
-  return [name.rsplit('/', 1)[0] in frozen - trained
-          for name in path_names(batch_stats)]
+  with_stats = {tuple(name.split('/')[:-1])
+                for name in path_names(batch_stats)}
+  return frozenset(with_stats & (frozen - trained))
