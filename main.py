@@ -62,6 +62,10 @@ flags.DEFINE_string('probe_layers', None,
 flags.DEFINE_string('probe_shots', '10,100,1000',
                     '--mode=probe: comma list of training examples per class '
                     '(0 = all).')
+flags.DEFINE_string('probe_out', None,
+                    '--mode=probe: directory for probe.csv and probe.png '
+                    '(default WORKDIR/probe; another one keeps probes of '
+                    'the same network on other data apart).')
 flags.DEFINE_enum('probe_method', 'ridge', ('ridge', 'logistic', 'svm'),
                   '--mode=probe: closed-form ridge regression, or sklearn '
                   'logistic regression / linear SVM.')
@@ -208,7 +212,8 @@ def main(argv):
 
 
 def _probe(config, workdir: str) -> None:
-  """--mode=probe: fits the probes, writes WORKDIR/probe/, prints the table."""
+  """--mode=probe: fits the probes, writes --probe_out (WORKDIR/probe/),
+  prints the table."""
   from cnn import errors, probe  # pylint: disable=g-import-not-at-top
   layers = [s.strip() for s in (FLAGS.probe_layers or '').split(',')
             if s.strip()]
@@ -220,7 +225,8 @@ def _probe(config, workdir: str) -> None:
         'integers (e.g. 10,100,0; 0 = all).') from None
   rows = probe.probe_workdir(config, workdir, layers=layers or None,
                              shots=shots, method=FLAGS.probe_method)
-  paths = probe.write_probe_results(rows, workdir)
+  paths = probe.write_probe_results(
+      rows, FLAGS.probe_out or os.path.join(workdir, 'probe'))
   print(probe.format_table(rows))
   for p in paths:
     print(p)

@@ -21,6 +21,7 @@ Errors are in %, 1 - accuracy; the training error is the one
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ matplotlib.use('Agg')  # files only; notebooks show the returned figures.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cnn import probe as probe_lib  # noqa: E402
 from cnn import sweep, sweep_results  # noqa: E402
 
 MEMBER_FILES = ('config.json', 'metrics.jsonl', sweep.RESULT_FILE)
@@ -292,6 +294,58 @@ def yosinski_curve(study: Study, path: str | None = None):
   ax.set_ylabel('target test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend()
+  fig.tight_layout()
+  return _saved(fig, path)
+
+
+def read_probes(directory: str) -> list[dict[str, Any]]:
+  """The rows of a `--mode=probe` output directory's probe.csv (numbers
+  parsed)."""
+  with open(os.path.join(directory, 'probe.csv')) as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    r.update(shots=int(r['shots']), seed=int(r['seed']), dim=int(r['dim']),
+             train_accuracy=float(r['train_accuracy']),
+             test_accuracy=float(r['test_accuracy']))
+  return rows
+
+
+def probe_comparison(probes: dict[str, list[dict[str, Any]]], shots: int
+                     ) -> str:
+  """Markdown, Zeiler & Fergus' table: one line per layer, one column per
+  probed data set (`probes`: label -> `read_probes` rows), cells the test
+  accuracy in % (mean ± std over seeds) of a linear probe fitted on `shots`
+  examples per class (0 = all)."""
+  stats = {label: probe_lib.summarise(rows)[2]
+           for label, rows in probes.items()}
+  layers = list(dict.fromkeys(r['layer'] for rows in probes.values()
+                              for r in rows))
+  lines = ['| layer | ' + ' | '.join(probes) + ' |',
+           '| --- |' + ' --- |' * len(probes)]
+  for layer in layers:
+    cells = []
+    for label in probes:
+      m = stats[label].get((layer, shots))
+      cells.append(f'{100 * m[0]:.1f} ± {100 * m[1]:.1f}' if m else '')
+    lines.append(f'| {layer} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def probe_curves(probes: dict[str, list[dict[str, Any]]], shots: int,
+                 path: str | None = None):
+  """Probe test accuracy vs layer, one line per probed data set."""
+  fig, ax = plt.subplots(figsize=(6.5, 4))
+  for label, rows in probes.items():
+    layers, _, stats = probe_lib.summarise(rows)
+    have = [l for l in layers if (l, shots) in stats]
+    ax.errorbar(range(len(have)), [100 * stats[l, shots][0] for l in have],
+                yerr=[100 * stats[l, shots][1] for l in have], marker='o',
+                capsize=3, label=label)
+    ax.set_xticks(range(len(have)), have, rotation=30, ha='right')
+  ax.set_ylabel(f'linear probe test accuracy (%), '
+                f'{"all" if shots == 0 else shots} per class')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
   fig.tight_layout()
   return _saved(fig, path)
 

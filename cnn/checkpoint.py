@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cnn import checkpoint_integrity
+from cnn import checkpoint_integrity, errors
 from cnn import experiment_identity as identity_lib
 from cnn.steps import TrainState
 
@@ -291,3 +291,37 @@ def load_arrays(workdir: str, step: int | None = None
       path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   # Restored without a target, orbax returns scalars as shape [1].
   return step, jax.tree.map(lambda x, m: np.reshape(x, m.shape), arrays, tree)
+
+
+def load_variables(workdir: str, *, verify: bool = True
+                   ) -> tuple[int, dict[str, Any]]:
+  """The model variables of a workdir's newest checkpoint, for reuse.
+
+  Args:
+    workdir: a training workdir.
+    verify: check the arrays against the fingerprint saved with them
+      (`checkpoint_integrity.verify`: damaged bytes are never used).
+
+  Returns:
+    (step, {'params', 'batch_stats'}) with numpy leaves; batch_stats is {}
+    for a network without batch norm.
+
+  Raises:
+    errors.UserError: the workdir has no checkpoint (one line naming the
+      command that makes one).
+  """
+  try:
+    step, arrays = load_arrays(workdir)
+  except FileNotFoundError:
+    raise errors.UserError(
+        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train '
+        f'first (python main.py --config=... --workdir={workdir}) or point '
+        'at a trained run.') from None
+  if verify:
+    checkpointer = Checkpointer(workdir, async_save=False)
+    try:
+      checkpoint_integrity.verify(arrays, checkpointer.read_meta(step))
+    finally:
+      checkpointer.close()
+  return int(step), {'params': arrays['params'],
+                     'batch_stats': arrays.get('batch_stats') or {}}

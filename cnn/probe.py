@@ -15,7 +15,10 @@ examples (the first `config.input.train_subset`, or all) and the test split,
 then for every shots value (examples per class drawn from the training
 features; 0 = all) and seed fits a probe ('ridge', or sklearn's 'logistic' /
 'svm' on standardised features) and measures train and test accuracy.
-`write_probe_results(rows, workdir)` writes `workdir/probe/probe.{csv,png}`.
+`write_probe_results(rows, out_dir)` writes `out_dir/probe.{csv,png}`
+(`main.py --mode=probe`: WORKDIR/probe, or --probe_out). The model is built
+with the checkpoint's own head, so a source network can be probed on a
+target task's data (`--config.input.classes=...`, another data set).
 """
 
 from __future__ import annotations
@@ -203,18 +206,20 @@ def layer_names(model, variables: dict, input_shape: tuple[int, int, int]
 # ------------------------------------------------------------------- workdir
 
 
-def _load_variables(workdir: str, model, input_shape) -> tuple[int, dict]:
-  """(step, variables) of the newest checkpoint, checked against `model`."""
-  try:
-    step, arrays = checkpoint.load_arrays(workdir)
-  except FileNotFoundError:
+def _load_model(config: ml_collections.ConfigDict, workdir: str,
+                input_shape) -> tuple[Any, int, dict]:
+  """(model, step, variables) of the newest checkpoint, the model built with
+  the checkpoint's own head (the probed data may have another class count:
+  a source network probed on a target task)."""
+  step, variables = checkpoint.load_variables(workdir)
+  if not variables['batch_stats']:
+    del variables['batch_stats']
+  head_bias = variables['params'].get('head', {}).get('bias')
+  if head_bias is None:
     raise errors.UserError(
-        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train '
-        f'first (python main.py --config=... --workdir={workdir}) or point '
-        '--workdir at a trained run.') from None
-  variables = {'params': arrays['params']}
-  if arrays.get('batch_stats'):
-    variables['batch_stats'] = arrays['batch_stats']
+        f'The checkpoint in {workdir} has no classification head '
+        "(params/head): it is not a run of this codebase's Classifier.")
+  model = train.create_model(config, int(head_bias.shape[0]))
   # A config for another model would fail deep inside flax; say it plainly.
   want = jax.eval_shape(lambda: model.init(
       {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
@@ -228,7 +233,7 @@ def _load_variables(workdir: str, model, input_shape) -> tuple[int, dict]:
         f'The checkpoint in {workdir} does not fit the model of this config '
         '(other arrays); pass the --config (and overrides) the run was '
         'trained with.')
-  return int(step), jax.tree.map(jnp.asarray, variables)
+  return model, int(step), jax.tree.map(jnp.asarray, variables)
 
 
 def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
@@ -266,8 +271,7 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
                            f'seeds={list(seeds)}.')
   inp = config.input
   info = input_pipeline.get_input_info(inp)
-  model = train.create_model(config, info.num_classes)
-  step, variables = _load_variables(workdir, model, info.image_shape)
+  model, step, variables = _load_model(config, workdir, info.image_shape)
   valid = layer_names(model, variables, info.image_shape)
   layers = list(layers) if layers else valid
   unknown = [name for name in layers if name not in valid]
@@ -362,12 +366,11 @@ def _replace_atomically(path: str, write) -> None:
     raise
 
 
-def write_probe_results(rows: Sequence[dict[str, Any]], workdir: str
+def write_probe_results(rows: Sequence[dict[str, Any]], out_dir: str
                         ) -> tuple[str, str]:
-  """Writes `workdir/probe/probe.csv` (one row per fit) and `probe.png`
-  (test accuracy vs layer, a line per shots value, error bars ± std over
-  seeds). Returns the two paths."""
-  out_dir = os.path.join(workdir, 'probe')
+  """Writes `out_dir/probe.csv` (one row per fit) and `probe.png` (test
+  accuracy vs layer, a line per shots value, error bars ± std over seeds).
+  Returns the two paths."""
   os.makedirs(out_dir, exist_ok=True)
   csv_path = os.path.join(out_dir, 'probe.csv')
   png_path = os.path.join(out_dir, 'probe.png')

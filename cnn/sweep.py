@@ -27,7 +27,9 @@ checkpoint, a failed one is tried again. `cnn.sweep_results` aggregates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import itertools
 import json
 import os
@@ -36,7 +38,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ml_collections
 from absl import logging
@@ -45,6 +47,7 @@ from cnn import errors
 
 Overrides = dict[str, Any]
 PLAN_FILE = 'sweep.json'
+LOCK_DIR = '.locks'
 RESULT_FILE = 'result.json'
 
 
@@ -287,10 +290,12 @@ def provenance() -> dict[str, Any]:
 
 @dataclasses.dataclass
 class SweepOutcome:
-  """completed / failed / preempted: member names; skipped: finished ones."""
+  """completed / failed / preempted: member names; skipped: finished ones;
+  busy: members another process was running (left to it)."""
 
   completed: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
+  busy: list[str] = dataclasses.field(default_factory=list)
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
   preempted: str | None = None
 
@@ -305,8 +310,37 @@ def run_member(config: ml_collections.ConfigDict, member: Member,
 
   'completed' and 'failed' are written to result.json; 'preempted' writes
   nothing (the checkpoint is saved and a rerun resumes); 'skipped' means
-  result.json already said completed.
+  result.json already said completed; 'busy' that another process holds
+  the member's lock (`workdir/.locks/<name>`: two processes on one sweep
+  share its members instead of training one twice).
   """
+  with _member_lock(workdir, member.name) as held:
+    if not held:
+      return 'busy'
+    return _run_locked_member(config, member, workdir)
+
+
+@contextlib.contextmanager
+def _member_lock(workdir: str, name: str) -> Iterator[bool]:
+  """An exclusive, non-blocking `flock` on workdir/.locks/<name>; yields
+  whether it was acquired. The kernel releases it when the process ends,
+  however it ends."""
+  lock_dir = os.path.join(workdir, LOCK_DIR)
+  os.makedirs(lock_dir, exist_ok=True)
+  with open(os.path.join(lock_dir, name), 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
+                       workdir: str) -> str:
   from cnn import train  # pylint: disable=g-import-not-at-top
   member_dir = os.path.join(workdir, member.name)
   previous = read_result(member_dir)
@@ -392,6 +426,8 @@ def summary_line(outcome: SweepOutcome, members: Sequence[Member],
   if outcome.failed:
     parts.append('failed: ' + '; '.join(f'{k} ({v})'
                                         for k, v in outcome.failed.items()))
+  if outcome.busy:
+    parts.append(f'left to the process running them: {outcome.busy}')
   if outcome.preempted:
     parts.append(f'stopped during {outcome.preempted}: rerun the same '
                  'command to continue')

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from cnn import analysis, sweep
+from cnn import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
 
@@ -50,10 +50,22 @@ def tiny_sweep(tmp_path_factory):
   return workdir, export
 
 
-def test_analysis_notebook_runs(tiny_sweep):
-  _, export = tiny_sweep
+def test_analysis_notebook_runs(tiny_sweep, tmp_path):
+  workdir, export = tiny_sweep
+  # A probe of the tiny run on two class subsets: the Zeiler & Fergus table.
+  probes = tmp_path / 'probes'
+  for name, classes in (('first', (0, 1, 2)), ('last', (7, 8, 9))):
+    config = tiny_config(**{'input.train_subset': 128, 'input.test_subset': 128,
+                            'input.classes': classes})
+    rows = probe.probe_workdir(config, str(workdir / 'lenet5'),
+                               layers=['stage4', 'pre_logits'], shots=(5,),
+                               seeds=(0, 1))
+    probe.write_probe_results(rows, str(probes / f'lenet5-{name}'))
   _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
-                              'RECEPTIVE_FIELD_STUDY': str(export)})
+                              'RECEPTIVE_FIELD_STUDY': str(export),
+                              'TRANSFER_STUDIES': str(export),
+                              'YOSINSKI_STUDIES': str(export),
+                              'PROBES': str(probes)})
 
 
 def test_training_curves_notebook_runs(tiny_sweep):

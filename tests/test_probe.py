@@ -94,6 +94,16 @@ def test_bad_layer_and_missing_checkpoint_are_user_errors(trained, tmp_path):
     probe.probe_workdir(config, str(tmp_path))
 
 
+def test_a_network_is_probed_on_data_with_another_class_count(trained):
+  # The Zeiler & Fergus question on a new task: the 10-class network's
+  # features probed on a 3-class subset of the data.
+  config, workdir = trained
+  target = helpers.tiny_config(**OVERRIDES, **{'input.classes': (7, 8, 9)})
+  rows = probe.probe_workdir(target, workdir, layers=['pre_logits'],
+                             shots=(5,), seeds=(0,))
+  assert len(rows) == 1 and rows[0]['test_accuracy'] > 1 / 3
+
+
 def test_cli_writes_csv_and_png_and_bad_layer_writes_nothing(trained):
   _, workdir = trained
   before = helpers.file_digests(workdir)

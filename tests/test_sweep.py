@@ -158,6 +158,23 @@ def test_failed_member_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert list(data['failed']) == ['alexnet']
 
 
+def test_a_member_another_process_runs_is_left_to_it(tmp_path):
+  # Two processes on one sweep (a second launch by mistake) once trained
+  # the same member twice into one directory; now the second leaves it.
+  base = _tiny_base()
+  members = sweep.members_of(sweep.axis('seed', [0, 1]))
+  sweep.write_plan(str(tmp_path), base, 'tiny', members)
+  with sweep._member_lock(str(tmp_path), 'seed0') as held:  # the "other".
+    assert held
+    outcome = sweep.run_local(base, members, str(tmp_path))
+  assert outcome.busy == ['seed0'] and outcome.completed == ['seed1']
+  assert not (tmp_path / 'seed0').exists()
+  assert 'left to the process running them' in sweep.summary_line(
+      outcome, members, str(tmp_path))
+  # Released: the next run takes it.
+  assert sweep.run_local(base, members, str(tmp_path)).completed == ['seed0']
+
+
 def test_half_written_result_does_not_count(tmp_path):
   base = _tiny_base()
   members = sweep.members_of(sweep.axis('seed', [0]))

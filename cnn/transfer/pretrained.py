@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from cnn import checkpoint as checkpoint_lib
-from cnn import checkpoint_integrity, errors
+from cnn import errors
 from cnn.transfer import regimes
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.npz')
@@ -75,19 +75,7 @@ def _workdir_variables(workdir: str, model_name: str) -> dict[str, Any]:
         f'config.init_from={workdir!r} holds a {source_model!r} network, not '
         f'{model_name!r}: set --config.model_name (and its config) to match, '
         'or start from another workdir.')
-  try:
-    step, arrays = checkpoint_lib.load_arrays(workdir)
-  except FileNotFoundError:
-    raise errors.UserError(
-        f'config.init_from={workdir!r} has no checkpoint: train it first.'
-    ) from None
-  checkpointer = checkpoint_lib.Checkpointer(workdir, async_save=False)
-  try:
-    meta = checkpointer.read_meta(step)
-  finally:
-    checkpointer.close()
-  checkpoint_integrity.verify(arrays, meta)  # damaged bytes are not loaded.
-  return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+  return checkpoint_lib.load_variables(workdir)[1]
 
 
 def _copy_groups_regexes(groups: list[str], copy_groups: int) -> list[str]:

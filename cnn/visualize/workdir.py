@@ -90,13 +90,7 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
   Raises:
     errors.UserError: no checkpoint (or config) in the workdir.
   """
-  try:
-    step, arrays = checkpoint.load_arrays(workdir)
-  except FileNotFoundError:
-    raise errors.UserError(
-        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train '
-        f'first (python main.py --config=... --workdir={workdir}) or point '
-        '--workdir at a trained run.') from None
+  step, arrays = checkpoint.load_variables(workdir)
   config = load_config(workdir, config)
   inp = config.input
   info = input_pipeline.get_dataset_info(
