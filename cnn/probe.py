@@ -14,7 +14,8 @@ computes eval-mode features of every named stage (`out` of the model's
 examples (the first `config.input.train_subset`, or all) and the test split,
 then for every shots value (examples per class drawn from the training
 features; 0 = all) and seed fits a probe ('ridge', or sklearn's 'logistic' /
-'svm' on standardised features) and measures train and test accuracy.
+'svm'; all on features standardised with the probe's training examples'
+statistics) and measures train and test accuracy.
 `write_probe_results(rows, out_dir)` writes `out_dir/probe.{csv,png}`
 (`main.py --mode=probe`: WORKDIR/probe, or --probe_out). The model is built
 with the checkpoint's own head, so a source network can be probed on a
@@ -94,8 +95,10 @@ def ridge_predict(features: np.ndarray, w: np.ndarray, b: np.ndarray
 
 def _standardise(train_x: np.ndarray, test_x: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-  # sklearn's solvers converge (and C means the same) on unit-scale inputs;
-  # the statistics come from the probe's training examples only.
+  # Stages differ in scale by orders of magnitude: on raw pooled maps a
+  # fixed ridge λ shrinks W to ~0 and the bias (the class frequencies)
+  # decides; sklearn's solvers converge (and C means the same) on unit-scale
+  # inputs too. The statistics come from the probe's training examples only.
   mean = train_x.mean(axis=0)
   std = train_x.std(axis=0)
   std = np.where(std > 1e-12, std, 1.0)
@@ -106,15 +109,15 @@ def fit_and_score(method: str, train_x: np.ndarray, train_y: np.ndarray,
                   test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
                   l2_reg: float) -> tuple[float, float]:
   """Fits one probe on [N, D] `train_x`; returns (train, test) accuracy."""
+  train_s, test_s = _standardise(np.asarray(train_x, np.float64),
+                                 np.asarray(test_x, np.float64))
   if method == 'ridge':
-    w, b = ridge_fit(train_x, train_y, num_classes, l2_reg)
-    train_pred = ridge_predict(train_x, w, b)
-    test_pred = ridge_predict(test_x, w, b)
+    w, b = ridge_fit(train_s, train_y, num_classes, l2_reg)
+    train_pred = ridge_predict(train_s, w, b)
+    test_pred = ridge_predict(test_s, w, b)
   else:
     # Imported here: sklearn costs seconds to import and ridge needs none.
     from sklearn import linear_model, svm  # pylint: disable=g-import-not-at-top
-    train_s, test_s = _standardise(np.asarray(train_x, np.float64),
-                                   np.asarray(test_x, np.float64))
     if method == 'logistic':
       clf = linear_model.LogisticRegression(max_iter=1000, C=0.316)
     elif method == 'svm':
