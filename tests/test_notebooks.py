@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -50,10 +52,12 @@ def tiny_sweep(tmp_path_factory):
   return workdir, export
 
 
-def test_analysis_notebook_runs(tiny_sweep, tmp_path):
-  workdir, export = tiny_sweep
-  # A probe of the tiny run on two class subsets: the Zeiler & Fergus table.
-  probes = tmp_path / 'probes'
+@pytest.fixture(scope='module')
+def tiny_probes(tiny_sweep, tmp_path_factory):
+  """Probes of the tiny run on two class subsets (the Zeiler & Fergus
+  table's layout: one directory per network and data)."""
+  workdir, _ = tiny_sweep
+  probes = tmp_path_factory.mktemp('probes')
   for name, classes in (('first', (0, 1, 2)), ('last', (7, 8, 9))):
     config = tiny_config(**{'input.train_subset': 128, 'input.test_subset': 128,
                             'input.classes': classes})
@@ -61,6 +65,31 @@ def test_analysis_notebook_runs(tiny_sweep, tmp_path):
                                layers=['stage4', 'pre_logits'], shots=(5,),
                                seeds=(0, 1))
     probe.write_probe_results(rows, str(probes / f'lenet5-{name}'))
+  return probes
+
+
+def test_export_transfer_script_writes_results_and_tables(
+    tiny_sweep, tiny_probes, tmp_path):
+  workdir, _ = tiny_sweep
+  runs, results = tmp_path / 'runs', tmp_path / 'results'
+  runs.mkdir()
+  os.symlink(workdir, runs / 'transfer_fmnist')
+  os.symlink(tiny_probes, runs / 'transfer_probes')
+  done = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'export_transfer.py'),
+       f'--runs={runs}', f'--results={results}'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '## transfer_fmnist (2 members)' in done.stdout
+  assert '| stage4 |' in done.stdout  # the probe comparison
+  assert (results / 'transfer_fmnist' / 'transfer_curves.png').stat().st_size
+  assert (results / 'transfer_probes' / 'lenet5_probes.png').stat().st_size
+  assert not (results / 'transfer_fmnist' / 'lenet5' / 'checkpoints').exists()
+
+
+def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
+  _, export = tiny_sweep
+  probes = tiny_probes
   _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
                               'RECEPTIVE_FIELD_STUDY': str(export),
                               'TRANSFER_STUDIES': str(export),
