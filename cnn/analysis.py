@@ -14,6 +14,9 @@ export under `results/` (`export`: the plan, results and each member's
   transfer_curves(study)                 accuracy vs examples per class
   yosinski_curve(study)                  accuracy vs groups copied
   rows_table(study, columns)             Markdown, one line per member
+  read_probes(dir)                       rows of a --mode=probe probe.csv
+  probe_comparison(probes, shots)        Markdown, Zeiler & Fergus: layer x data
+  probe_curves(probes, shots)            probe accuracy vs layer per data set
 
 Errors are in %, 1 - accuracy; the training error is the one
 `cnn.sweep_results` defines (eval mode on the training images).

@@ -21,6 +21,10 @@ weights (`config.init_from`):
   scratch             `full` from a random initialisation (the baseline:
                       `init_from` is not loaded).
 `config.transfer.rules`, when not empty, replaces the regime's rules.
+With `config.transfer.freeze_batch_stats` the batch norms whose parameters
+are all frozen (`frozen_norms`) run in eval mode inside the training step
+(`forms.batch_norms_in_eval_mode`): a frozen group computes exactly the
+features it computed on the source.
 """
 
 from __future__ import annotations
