@@ -125,6 +125,15 @@ def test_backbone_groups_come_in_the_order_the_network_applies_them(
   assert base.backbone_groups(model, (28, 28, 1)) == groups
 
 
+def test_fine_tuning_every_group_needs_no_catch_all_rule():
+  # Yosinski's n = 0: nothing frozen, so no ('.*', None) that matches nothing.
+  config = tiny_config(**{'transfer.regime': 'fine_tune',
+                          'transfer.fine_tune_groups': 3})
+  rules = regimes.regime_rules(config.transfer, ['stem', 'stage1', 'stage10'])
+  labels = regimes.param_labels(_toy_params(), rules)
+  assert 'frozen' not in jax.tree.leaves(labels)
+
+
 # ------------------------------------------------------------ loading
 
 

@@ -78,8 +78,9 @@ def regime_rules(transfer_config, groups: Sequence[str]) -> list[Rule]:
         "use regime='feature_extraction'.")
   trained = groups if k == -1 else groups[len(groups) - k:]
   mult = float(transfer_config.pretrained_lr_mult)
+  frozen = [('.*', None)] if len(trained) < len(groups) else []
   return ([('head/.*', 1.0)] + [(group_regex(g), mult) for g in trained] +
-          [('.*', None)])
+          frozen)
 
 
 def rule_label(multiplier: float | None) -> str:
