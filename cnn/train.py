@@ -109,22 +109,22 @@ def _init_shapes(model, image_shape: tuple[int, int, int]) -> dict:
                          train=False))
 
 
-def _param_labels(config: ml_collections.ConfigDict, model,
-                  image_shape: tuple[int, int, int]):
-  """Each parameter's rule of `config.transfer` (`regimes.param_labels`);
-  a rule list that leaves a parameter uncovered fails here."""
-  rules = regimes.regime_rules(
-      config.transfer, base.backbone_groups(model, image_shape))
-  return regimes.param_labels(_init_shapes(model, image_shape)['params'],
-                              rules)
+def _param_labels(config: ml_collections.ConfigDict, shapes: dict,
+                  groups: list[str]):
+  """Each parameter's rule of `config.transfer` (`regimes.param_labels`) for
+  the variables `shapes` with backbone `groups` in forward order; a rule
+  list that leaves a parameter uncovered fails here."""
+  return regimes.param_labels(
+      shapes['params'], regimes.regime_rules(config.transfer, groups))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model,
                        image_shape: tuple[int, int, int], learning_rate_fn,
                        mesh) -> steps.TrainState:
   """Initialises parameters directly with replicated sharding."""
-  tx = optim.create_optimizer(config, learning_rate_fn,
-                              _param_labels(config, model, image_shape))
+  tx = optim.create_optimizer(config, learning_rate_fn, _param_labels(
+      config, _init_shapes(model, image_shape),
+      base.backbone_groups(model, image_shape)))
   init = _state_initializer(model, tx, image_shape, mesh)
   return init(jax.random.PRNGKey(config.seed))
 
@@ -154,6 +154,7 @@ class Program:
 
   Attributes:
     model: the flax module.
+    groups: its backbone parameter groups in forward order.
     learning_rate_fn: step -> learning rate (before any plateau scale).
     init: PRNG key -> replicated `TrainState`.
     train_step: (state, metrics, step input) -> (state, metrics); the
@@ -163,6 +164,7 @@ class Program:
   """
 
   model: Any
+  groups: list[str]
   learning_rate_fn: Callable
   init: Callable
   train_step: Callable
@@ -206,19 +208,21 @@ def get_program(config: ml_collections.ConfigDict, num_classes: int,
   model = create_model(config, num_classes)
   learning_rate_fn = optim.create_learning_rate_fn(
       config, steps_per_epoch, total_steps)
-  labels = _param_labels(config, model, image_shape)
+  shapes = _init_shapes(model, image_shape)
+  groups = base.backbone_groups(model, image_shape)
+  labels = _param_labels(config, shapes, groups)
   tx = optim.create_optimizer(config, learning_rate_fn, labels)
   eval_mode_norms = frozenset()
   if config.transfer.freeze_batch_stats:
-    eval_mode_norms = regimes.frozen_norms(
-        _init_shapes(model, image_shape).get('batch_stats', {}), labels)
+    eval_mode_norms = regimes.frozen_norms(shapes.get('batch_stats', {}),
+                                           labels)
   train_step = functools.partial(
       _step_with_batch_fn, batch_fn=batch_fn, eval_mode_norms=eval_mode_norms,
       label_smoothing=config.loss.label_smoothing,
       aux_weight=config.loss.aux_weight,
       skip_nonfinite=config.on_nonfinite == 'skip')
   program = Program(
-      model=model, learning_rate_fn=learning_rate_fn,
+      model=model, groups=groups, learning_rate_fn=learning_rate_fn,
       init=_state_initializer(model, tx, image_shape, mesh),
       train_step=jax.jit(train_step, donate_argnums=(0, 1)),
       eval_step=jax.jit(steps.eval_step, donate_argnums=(1,)),
@@ -352,7 +356,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     pretrained = transfer_pretrained.load_pretrained(
         config, jax.device_get({'params': state.params,
                                 'batch_stats': state.batch_stats}),
-        base.backbone_groups(program.model, info.image_shape))
+        program.groups)
   os.makedirs(workdir, exist_ok=True)  # only once the inputs are known good.
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,
