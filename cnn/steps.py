@@ -84,7 +84,8 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
     state: the current `TrainState` (replicated over the mesh).
     metrics: running sums from `empty_train_metrics`.
     batch: {'image': float [B, H, W, C], 'label': int32 [B]}, sharded on the
-      batch axis.
+      batch axis; or {'features': float [B, F], 'label'}: the backbone's
+      cached pre-logits (`cnn.transfer.cached_features`), the head trains.
     label_smoothing: label smoothing of the cross-entropy.
     aux_weight: weight of auxiliary-classifier losses (GoogLeNet), if any.
     skip_nonfinite: on a non-finite loss or gradient keep the old parameters
@@ -97,9 +98,15 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    (logits, out), updates = state.apply_fn(
-        state.variables(params), batch['image'], train=True,
-        rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    if 'features' in batch:  # the frozen backbone's cached outputs: head only.
+      (logits, updates), out = state.apply_fn(
+          state.variables(params), batch['features'], train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'],
+          method='classify'), {}
+    else:
+      (logits, out), updates = state.apply_fn(
+          state.variables(params), batch['image'], train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     for aux_logits in out.get('aux_logits', ()):
       loss += aux_weight * cross_entropy(

@@ -38,6 +38,7 @@ from cnn import metrics as metrics_lib
 from cnn import errors, optim, sharding, steps
 from cnn.kernels import forms
 from cnn.models import base, registry
+from cnn.transfer import cached_features
 from cnn.transfer import pretrained as transfer_pretrained
 from cnn.transfer import regimes
 
@@ -348,8 +349,12 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   spe = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * spe)))
+  batch_fn = source.step_batch_fn
+  if cached_features.enabled(config):
+    cached_features.check_config(config, source)
+    batch_fn = cached_features.batch_fn(source)
   program = get_program(config, info.num_classes, info.image_shape, spe,
-                        total_steps, source.step_batch_fn, mesh)
+                        total_steps, batch_fn, mesh)
   state = program.init(jax.random.PRNGKey(config.seed))
   pretrained = None
   if _uses_init_from(config):  # checked even on resume: fails before writing.
@@ -371,6 +376,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   elif pretrained is not None:
     state = _start_from(state, pretrained, mesh)
     logging.info('Initialised from %s.', config.init_from)
+  if cached_features.enabled(config):  # the frozen backbone, restored or not.
+    source = cached_features.feature_source(
+        program.model, {'params': state.params,
+                        'batch_stats': state.batch_stats}, source)
   writer.truncate_after(int(jax.device_get(state.step)))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:

@@ -129,6 +129,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.transfer.freeze_batch_stats = True
   # Yosinski et al.: load only the first n backbone groups (-1 = all).
   config.transfer.copy_groups = -1
+  # feature_extraction: compute the frozen backbone's features of the
+  # training images once and train the head on them (no augmentation;
+  # cnn/transfer/cached_features.py).
+  config.transfer.cache_features = False
 
   config.loss = ml_collections.ConfigDict()
   config.loss.label_smoothing = 0.1

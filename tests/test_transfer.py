@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from cnn import checkpoint, errors, train
+from cnn import metrics as metrics_lib
 from cnn.models import base
 from configs import transfer_source, transfer_source_resnet
 from cnn.transfer import pretrained, regimes
@@ -150,14 +151,27 @@ def test_merge_names_unmatched_and_misshapen_names():
   np.testing.assert_array_equal(merged['params']['a'], 1.0)
 
 
+# No augmentation: what cached features need (the uncached run is the same).
+FEATURE_EXTRACTION = {'transfer.regime': 'feature_extraction',
+                      'input.augment.flip_lr': False}
+
+
+@pytest.fixture(scope='module')
+def feature_extraction_runs(source_workdir, tmp_path_factory):
+  """{cached: workdir} of two feature-extraction runs, the backbone running
+  every step (False) or once (True)."""
+  runs = {}
+  for cached in (False, True):
+    runs[cached] = str(tmp_path_factory.mktemp(f'fe_cached_{cached}'))
+    train.train_and_evaluate(_target(source_workdir, **FEATURE_EXTRACTION, **{
+        'transfer.cache_features': cached}), runs[cached])
+  return runs
+
+
 def test_feature_extraction_keeps_backbone_and_its_statistics(
-    source_workdir, tmp_path):
+    source_workdir, feature_extraction_runs):
   _, source = checkpoint.load_arrays(source_workdir)
-  workdir = str(tmp_path / 'fe')
-  train.train_and_evaluate(
-      _target(source_workdir, **{'transfer.regime': 'feature_extraction'}),
-      workdir)
-  _, target = checkpoint.load_arrays(workdir)
+  _, target = checkpoint.load_arrays(feature_extraction_runs[False])
   assert int(target['step']) == 4
   # The frozen backbone and its batch-norm statistics: bit-identical.
   for key in ('params', 'batch_stats'):
@@ -166,6 +180,44 @@ def test_feature_extraction_keeps_backbone_and_its_statistics(
       np.testing.assert_array_equal(a, b)
   # A new 3-way head (the source's had 5 outputs), trained.
   assert target['params']['head']['kernel'].shape[1] == 3
+
+
+def test_cached_features_train_the_head_as_the_whole_network_does(
+    feature_extraction_runs):
+  # Same rows in the same order, the backbone's output computed once: the
+  # same head (to float rounding: the features come from another program),
+  # the same metrics, the same checkpoint layout.
+  (step_a, a), (step_b, b) = (checkpoint.load_arrays(feature_extraction_runs[c])
+                              for c in (False, True))
+  assert step_a == step_b == 4
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  for x, y in zip(jax.tree.leaves(a['batch_stats']),
+                  jax.tree.leaves(b['batch_stats'])):
+    np.testing.assert_array_equal(x, y)
+  assert not np.allclose(b['params']['head']['bias'], 0.0)  # it trained.
+  (ma,), (mb,) = (metrics_lib.read_metrics(feature_extraction_runs[c])
+                  for c in (False, True))
+  assert ma['test_accuracy'] == mb['test_accuracy']
+  np.testing.assert_allclose(ma['train_loss'], mb['train_loss'], rtol=1e-5)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'transfer.regime': 'full'}, "regime='feature_extraction'"),
+    ({'transfer.rules': (('.*', None),)}, 'no config.transfer.rules'),
+    ({'transfer.freeze_batch_stats': False}, 'freeze_batch_stats=True'),
+    ({'input.augment.flip_lr': True}, 'turn augmentation off'),
+    ({'input.pipeline': 'tfdata'}, "pipeline='device'"),
+])
+def test_cached_features_refuse_what_they_cannot_do(source_workdir, tmp_path,
+                                                     overrides, message):
+  fields = dict(FEATURE_EXTRACTION, **{'transfer.cache_features': True})
+  fields.update(overrides)
+  workdir = tmp_path / 'never'
+  with pytest.raises(errors.UserError, match=message):
+    train.train_and_evaluate(_target(source_workdir, **fields), str(workdir))
+  assert not workdir.exists()
 
 
 def test_frozen_batch_norms_run_in_eval_mode_inside_a_training_pass():
