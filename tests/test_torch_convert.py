@@ -227,7 +227,6 @@ def test_resnet50_matches_torch():
   _compare('resnet50', 64)
 
 
-@pytest.mark.slow
 def test_vgg11_bn_matches_torch():
   _compare('vgg11_bn', 32)
 
@@ -276,6 +275,40 @@ def test_pth_round_trip(tmp_path, resnet18_twin):
   state_dict = torch_convert.load_state_dict_file(str(path))
   assert state_dict['conv1.weight'].dtype == np.float32
   _compare('resnet18', 32, state_dict=state_dict, model=resnet18_twin)
+
+
+def test_init_from_a_pth_file_starts_the_run_from_it(tmp_path, resnet18_twin):
+  # What a run with config.init_from=FILE.pth starts from: the converted
+  # backbone and batch-norm statistics, and a fresh head for its 3 classes.
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from cnn import train
+  from cnn.transfer import pretrained
+  from tests.helpers import tiny_config
+
+  path = tmp_path / 'resnet18.pth'
+  torch.save(resnet18_twin.state_dict(), path)
+  config = tiny_config(model_name='resnet18', init_from=str(path))
+  with config.unlocked():
+    config.model = ml_collections.ConfigDict(
+        registry.backbone_options('resnet18'))
+  model = train.create_model(config, 3)
+  fresh = jax.device_get(jax.jit(lambda k: model.init(
+      k, jnp.zeros((1, 32, 32, 3))))(jax.random.key(0)))
+  start = pretrained.load_pretrained(config, fresh, groups=[])
+  converted = torch_convert.from_torch_state_dict(
+      'resnet18', resnet18_twin.state_dict(), num_classes=3)
+  for key in ('params', 'batch_stats'):
+    got = jax.tree.leaves(start[key]['backbone'])
+    want = jax.tree.leaves(converted[key]['backbone'])
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(a, b)
+  for name in ('kernel', 'bias'):
+    np.testing.assert_array_equal(start['params']['head'][name],
+                                  fresh['params']['head'][name])
+  assert start['params']['head']['kernel'].shape == (512, 3)
 
 
 def test_checkpoint_dict_module_prefix_and_npz(tmp_path, resnet18_twin):

@@ -296,10 +296,14 @@ def test_copy_groups_loads_only_the_first_groups(source_workdir):
 @pytest.mark.parametrize('init_from, message', [
     ('/nonexistent/run', 'does not exist'),
     ('WORKDIR/config.json', 'must be a PyTorch state_dict'),
+    # A state_dict file for LeNet-5, which has no torchvision twin.
+    ('TMP/weights.npz', "for model 'lenet5': choose one of"),
 ])
 def test_bad_init_from_fails_before_writing(source_workdir, tmp_path,
                                             init_from, message):
-  init_from = init_from.replace('WORKDIR', source_workdir)
+  np.savez(tmp_path / 'weights.npz', **{'conv1.weight': np.zeros((6, 1, 5, 5))})
+  init_from = init_from.replace('WORKDIR', source_workdir).replace(
+      'TMP', str(tmp_path))
   workdir = tmp_path / 'never'
   with pytest.raises(errors.UserError, match=message):
     train.train_and_evaluate(_target(init_from), str(workdir))
