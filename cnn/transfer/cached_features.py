@@ -19,6 +19,7 @@ evaluation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from typing import Any, Iterator
 
@@ -96,22 +97,32 @@ def batch_fn(source) -> FeatureBatchFn:
 def train_features(model, variables: dict[str, Any], source) -> jax.Array:
   """`pre_logits` [N, F] float32 of every training image of device `source`
   (un-augmented, normalised as the pipeline does, eval mode), replicated
-  like the images."""
-  mean, std = tuple(source.info.mean), tuple(source.info.std)
+  like the images.
 
-  @jax.jit
-  def features(images):
+  One jitted program (the replicated images and variables are arguments, so
+  it also runs where they span several processes), `_FEATURE_BATCH` images
+  at a time.
+  """
+  mean, std = tuple(source.info.mean), tuple(source.info.std)
+  replicated = NamedSharding(source.mesh, PartitionSpec())
+
+  def chunk_features(variables, images):
     x = preprocess.normalize(preprocess.to_unit_float(images), mean, std)
     pre_logits, _ = model.apply(variables, x.astype(jnp.float32),
                                 method='features')
     return pre_logits.astype(jnp.float32)
 
-  images = source.data['image']
-  n = images.shape[0]
-  parts = [features(images[i:i + _FEATURE_BATCH])
-           for i in range(0, n, _FEATURE_BATCH)]
-  replicated = NamedSharding(source.mesh, PartitionSpec())
-  return jax.device_put(jnp.concatenate(parts), replicated)
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def all_features(variables, images):
+    n = images.shape[0]
+    chunks = -(-n // _FEATURE_BATCH)
+    padded = jnp.pad(images, [(0, chunks * _FEATURE_BATCH - n)]
+                     + [(0, 0)] * (images.ndim - 1))
+    padded = padded.reshape(chunks, _FEATURE_BATCH, *images.shape[1:])
+    features = jax.lax.map(lambda c: chunk_features(variables, c), padded)
+    return features.reshape(chunks * _FEATURE_BATCH, -1)[:n]
+
+  return all_features(variables, source.data['image'])
 
 
 class FeatureSource:
