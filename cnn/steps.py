@@ -99,10 +99,11 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
 
   def loss_fn(params):
     if 'features' in batch:  # the frozen backbone's cached outputs: head only.
-      (logits, updates), out = state.apply_fn(
+      logits, updates = state.apply_fn(
           state.variables(params), batch['features'], train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'],
-          method='classify'), {}
+          method='classify')
+      out = {}
     else:
       (logits, out), updates = state.apply_fn(
           state.variables(params), batch['image'], train=True,

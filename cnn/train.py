@@ -350,7 +350,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * spe)))
   batch_fn = source.step_batch_fn
-  if cached_features.enabled(config):
+  if config.transfer.cache_features:
     cached_features.check_config(config, source)
     batch_fn = cached_features.batch_fn(source)
   program = get_program(config, info.num_classes, info.image_shape, spe,
@@ -376,7 +376,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   elif pretrained is not None:
     state = _start_from(state, pretrained, mesh)
     logging.info('Initialised from %s.', config.init_from)
-  if cached_features.enabled(config):  # the frozen backbone, restored or not.
+  if config.transfer.cache_features:  # the frozen backbone, restored or not.
     source = cached_features.feature_source(
         program.model, {'params': state.params,
                         'batch_stats': state.batch_stats}, source)

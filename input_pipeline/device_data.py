@@ -62,16 +62,25 @@ def _split_seed(key_or_seed: Any) -> tuple[Any, jax.Array]:
   return seed, jax.random.fold_in(key, _AUGMENT_TAG)
 
 
+def batch_indices(key_or_seed: Any, step: Any, *, n: int,
+                  global_batch_size: int) -> jax.Array:
+  """int32 [global_batch_size]: which of the `n` examples make the global
+  batch of `step` for this int seed or key (jittable; `DeviceSource`'s
+  order, also that of cached features)."""
+  order_seed, _ = _split_seed(key_or_seed)
+  return ordering.batch_indices_jax(
+      step, n=n, global_batch_size=global_batch_size, seed=order_seed)
+
+
 def _global_batch(data: dict[str, jax.Array], key_or_seed: Any, step: Any, *,
                   global_batch_size: int, augment_items: tuple,
                   mean: tuple[float, ...], std: tuple[float, ...]
                   ) -> dict[str, jax.Array]:
   """The global batch of `step`; static arguments are hashable tuples."""
   augment_config = dict(augment_items)
-  order_seed, augment_key = _split_seed(key_or_seed)
-  n = data['image'].shape[0]
-  idx = ordering.batch_indices_jax(
-      step, n=n, global_batch_size=global_batch_size, seed=order_seed)
+  _, augment_key = _split_seed(key_or_seed)
+  idx = batch_indices(key_or_seed, step, n=data['image'].shape[0],
+                      global_batch_size=global_batch_size)
   images = preprocess.to_unit_float(jnp.take(data['image'], idx, axis=0))
   labels = jnp.take(data['label'], idx, axis=0)
   if not augment.is_identity(augment_config):

@@ -1,4 +1,5 @@
-"""Tiny configs, subprocess helpers and a convolution check for the tests.
+"""Tiny configs, subprocess helpers, a tree and a convolution check for the
+tests.
 
 In-process tests build `tiny_config(**overrides)`; subprocesses run
 `main.py` with `main_args(workdir, overrides)`. Both start from
@@ -89,6 +90,19 @@ def file_digests(directory) -> dict[str, str]:
         digests[os.path.relpath(path, directory)] = hashlib.sha256(
             f.read()).hexdigest()
   return digests
+
+
+def assert_trees_equal(a, b) -> None:
+  """Bit-identical leaves (NaN == NaN), with the first differing path."""
+  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree.leaves(b)
+  assert len(paths_a) == len(leaves_b)
+  for (path, x), y in zip(paths_a, leaves_b, strict=True):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape, path
+    assert x.tobytes() == y.tobytes(), (
+        f'{jax.tree_util.keystr(path)} differs: max |diff| '
+        f'{np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))}')
 
 
 def assert_conv_matches_lax(conv, x_shape, k_shape, strides, pads) -> None:

@@ -292,7 +292,6 @@ def test_device_get_batch_inside_jit_matches_iterator():
   np.testing.assert_array_equal(np.asarray(labels), expected['label'])
 
 
-@pytest.mark.slow
 def test_device_get_batch_accepts_a_prng_key():
   config = _input_config(dataset='digits', batch_size=64,
                          augment=_DIGITS_AUGMENT)

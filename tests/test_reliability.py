@@ -31,7 +31,8 @@ from cnn import experiment_identity as identity_lib
 from cnn.metrics import read_metrics
 from configs import zoo
 from tests.golden import make_golden
-from tests.helpers import REPO, file_digests, main_args, run_main, tiny_config
+from tests.helpers import (REPO, assert_trees_equal, file_digests, main_args,
+                           run_main, tiny_config)
 
 
 def popen_main(args: list[str]) -> subprocess.Popen:
@@ -64,19 +65,6 @@ def wait_for_checkpoint(proc: subprocess.Popen, workdir, after: int = 0,
     time.sleep(0.01)
   proc.kill()
   pytest.fail(f'no checkpoint after step {after} within {timeout} s')
-
-
-def assert_trees_equal(a, b) -> None:
-  """Bit-identical leaves (NaN == NaN), with the first differing path."""
-  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
-  leaves_b = jax.tree.leaves(b)
-  assert len(paths_a) == len(leaves_b)
-  for (path, x), y in zip(paths_a, leaves_b, strict=True):
-    x, y = np.asarray(x), np.asarray(y)
-    assert x.dtype == y.dtype and x.shape == y.shape, path
-    assert x.tobytes() == y.tobytes(), (
-        f'{jax.tree_util.keystr(path)} differs: max |diff| '
-        f'{np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))}')
 
 
 # ------------------------------------------------------------ exact resume

@@ -6,15 +6,19 @@ random weights and random batch-norm running statistics, so that the logits
 of the converted flax model can be compared with torch's on one input.
 """
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
 from torch import nn  # noqa: E402
 
-from cnn import errors  # noqa: E402
+from cnn import errors, train  # noqa: E402
 from cnn.models import registry  # noqa: E402
-from cnn.transfer import torch_convert  # noqa: E402
+from cnn.transfer import pretrained, torch_convert  # noqa: E402
+from tests.helpers import assert_trees_equal, tiny_config  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -280,13 +284,6 @@ def test_pth_round_trip(tmp_path, resnet18_twin):
 def test_init_from_a_pth_file_starts_the_run_from_it(tmp_path, resnet18_twin):
   # What a run with config.init_from=FILE.pth starts from: the converted
   # backbone and batch-norm statistics, and a fresh head for its 3 classes.
-  import jax
-  import jax.numpy as jnp
-  import ml_collections
-  from cnn import train
-  from cnn.transfer import pretrained
-  from tests.helpers import tiny_config
-
   path = tmp_path / 'resnet18.pth'
   torch.save(resnet18_twin.state_dict(), path)
   config = tiny_config(model_name='resnet18', init_from=str(path))
@@ -300,11 +297,8 @@ def test_init_from_a_pth_file_starts_the_run_from_it(tmp_path, resnet18_twin):
   converted = torch_convert.from_torch_state_dict(
       'resnet18', resnet18_twin.state_dict(), num_classes=3)
   for key in ('params', 'batch_stats'):
-    got = jax.tree.leaves(start[key]['backbone'])
-    want = jax.tree.leaves(converted[key]['backbone'])
-    assert len(got) == len(want) > 0
-    for a, b in zip(got, want):
-      np.testing.assert_array_equal(a, b)
+    assert jax.tree.leaves(converted[key]['backbone'])
+    assert_trees_equal(start[key]['backbone'], converted[key]['backbone'])
   for name in ('kernel', 'bias'):
     np.testing.assert_array_equal(start['params']['head'][name],
                                   fresh['params']['head'][name])

@@ -15,7 +15,7 @@ from cnn.models import base
 from configs import transfer_source, transfer_source_resnet
 from cnn.transfer import pretrained, regimes
 from input_pipeline import InputConfigError, class_subset
-from tests.helpers import tiny_config
+from tests.helpers import assert_trees_equal, tiny_config
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 LENET_GROUPS = ['c1', 'c3', 'f5', 'f6']
@@ -175,9 +175,7 @@ def test_feature_extraction_keeps_backbone_and_its_statistics(
   assert int(target['step']) == 4
   # The frozen backbone and its batch-norm statistics: bit-identical.
   for key in ('params', 'batch_stats'):
-    for a, b in zip(jax.tree.leaves(source[key]['backbone']),
-                    jax.tree.leaves(target[key]['backbone'])):
-      np.testing.assert_array_equal(a, b)
+    assert_trees_equal(source[key]['backbone'], target[key]['backbone'])
   # A new 3-way head (the source's had 5 outputs), trained.
   assert target['params']['head']['kernel'].shape[1] == 3
 
@@ -193,9 +191,7 @@ def test_cached_features_train_the_head_as_the_whole_network_does(
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  for x, y in zip(jax.tree.leaves(a['batch_stats']),
-                  jax.tree.leaves(b['batch_stats'])):
-    np.testing.assert_array_equal(x, y)
+  assert_trees_equal(a['batch_stats'], b['batch_stats'])
   assert not np.allclose(b['params']['head']['bias'], 0.0)  # it trained.
   (ma,), (mb,) = (metrics_lib.read_metrics(feature_extraction_runs[c])
                   for c in (False, True))
@@ -265,9 +261,7 @@ def test_full_regime_starts_from_the_source_and_trains_everything(
       jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
   start = pretrained.load_pretrained(config, fresh, LENET_GROUPS)
   for key in ('params', 'batch_stats'):
-    for a, b in zip(jax.tree.leaves(source[key]['backbone']),
-                    jax.tree.leaves(start[key]['backbone']), strict=True):
-      np.testing.assert_array_equal(a, b)
+    assert_trees_equal(source[key]['backbone'], start[key]['backbone'])
   np.testing.assert_array_equal(start['params']['head']['kernel'],
                                 fresh['params']['head']['kernel'])
   for regime in ('full', 'scratch'):

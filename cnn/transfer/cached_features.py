@@ -28,15 +28,11 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cnn import errors
-from input_pipeline import augment, device_data, ordering, preprocess
+from input_pipeline import augment, device_data, preprocess
 
 # Training images per jitted feature call (the whole split would hold every
 # activation of the backbone at once).
 _FEATURE_BATCH = 500
-
-
-def enabled(config) -> bool:
-  return bool(config.transfer.cache_features)
 
 
 def check_config(config, source) -> None:
@@ -80,10 +76,8 @@ class FeatureBatchFn:
   def __call__(self, inputs: tuple[dict[str, jax.Array], jax.Array],
                step: Any) -> dict[str, jax.Array]:
     data, seed = inputs
-    order_seed, _ = device_data._split_seed(seed)  # pylint: disable=protected-access
-    idx = ordering.batch_indices_jax(
-        step, n=data['features'].shape[0],
-        global_batch_size=self.global_batch_size, seed=order_seed)
+    idx = device_data.batch_indices(seed, step, n=data['features'].shape[0],
+                                    global_batch_size=self.global_batch_size)
     batch = {'features': jnp.take(data['features'], idx, axis=0),
              'label': jnp.take(data['label'], idx, axis=0)}
     return jax.lax.with_sharding_constraint(batch, self.batch_sharding)
@@ -138,20 +132,19 @@ class FeatureSource:
   pipeline = 'device'
 
   def __init__(self, source, features: jax.Array):
-    self._source = source
     self.info = source.info
     self.num_examples = source.num_examples
     self.global_batch_size = source.global_batch_size
     self.steps_per_epoch = source.steps_per_epoch
     self.step_batch_fn = batch_fn(source)
     self.data = {'features': features, 'label': source.data['label']}
+    _, self._seed = next(source.step_inputs())  # the device copy of the seed.
 
   def step_inputs(self, start_step: int = 0
                   ) -> Iterator[tuple[dict[str, jax.Array], jax.Array]]:
     """As `DeviceSource.step_inputs`: the cached rows and the seed."""
     del start_step
-    seed = next(iter(self._source.step_inputs()))[1]
-    return itertools.repeat((self.data, seed))
+    return itertools.repeat((self.data, self._seed))
 
 
 def feature_source(model, variables: dict[str, Any], source) -> FeatureSource:
