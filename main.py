@@ -26,9 +26,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# Each mode's own options are defined beside the code they steer.
+from cnn.experiments import probe_mode, sweep_launch
+
 FLAGS = flags.FLAGS
 MODES = ('train', 'summary', 'results', 'inspect', 'probe')
-LAUNCHERS = ('local', 'slurm', 'submitit_local')
 
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py).', lock_config=True)
@@ -43,32 +45,7 @@ flags.DEFINE_enum('mode', 'train', MODES,
                   'WORKDIR/probe/.')
 flags.DEFINE_string('member', None,
                     'Sweep configs: run only this member (by name).')
-flags.DEFINE_enum('launcher', 'local', LAUNCHERS,
-                  'Sweep configs: local (members one after the other in this '
-                  'process), slurm (a submitit job array, one task per '
-                  'unfinished member), submitit_local (the same jobs as local '
-                  'processes, for testing).')
-flags.DEFINE_string('slurm_partition', None, '--launcher=slurm: partition.')
-flags.DEFINE_integer('slurm_timeout_min', 24 * 60,
-                     '--launcher=slurm: time limit of each member job.')
-flags.DEFINE_integer('slurm_gpus_per_node', 0,
-                     '--launcher=slurm: GPUs of each member job.')
-flags.DEFINE_integer('slurm_array_parallelism', 64,
-                     '--launcher=slurm: member jobs running at once.')
 flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
-flags.DEFINE_string('probe_layers', None,
-                    '--mode=probe: comma list of layers (default: all but '
-                    'logits).')
-flags.DEFINE_string('probe_shots', '10,100,1000',
-                    '--mode=probe: comma list of training examples per class '
-                    '(0 = all).')
-flags.DEFINE_string('probe_out', None,
-                    '--mode=probe: directory for probe.csv and probe.png '
-                    '(default WORKDIR/probe; another one keeps probes of '
-                    'the same network on other data apart).')
-flags.DEFINE_enum('probe_method', 'ridge', ('ridge', 'logistic', 'svm'),
-                  '--mode=probe: closed-form ridge regression, or sklearn '
-                  'logistic regression / linear SVM.')
 flags.DEFINE_string(
     'compilation_cache_dir',
     os.path.join(os.path.expanduser('~'), '.cache', 'cnn-study', 'xla'),
@@ -103,58 +80,12 @@ class _QuietLibraries:
 
 def _sweep_definition():
   """(config file name, module) when --config names a sweep config."""
-  from cnn import config_utils  # pylint: disable=g-import-not-at-top
+  from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
   path = _config_path(sys.argv)
   module = config_utils.load_config_module(path) if path else None
   if module is None or not hasattr(module, 'get_sweep'):
     return None, None
   return os.path.splitext(os.path.basename(path))[0], module
-
-
-def _executor(workdir: str):
-  import submitit  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(workdir, 'submitit', '%j')
-  if FLAGS.launcher == 'submitit_local':
-    return submitit.LocalExecutor(folder=folder)
-  executor = submitit.AutoExecutor(folder=folder)
-  executor.update_parameters(
-      timeout_min=FLAGS.slurm_timeout_min, slurm_partition=FLAGS.slurm_partition,
-      gpus_per_node=FLAGS.slurm_gpus_per_node or None,
-      slurm_array_parallelism=FLAGS.slurm_array_parallelism,
-      slurm_signal_delay_s=120)
-  return executor
-
-
-def _run_sweep(config, sweep_name: str, module) -> int:
-  """Runs (or submits) the members of a sweep config; returns the exit code."""
-  from cnn import sweep, sweep_results  # pylint: disable=g-import-not-at-top
-  workdir = FLAGS.workdir
-  members = sweep.members_of(module.get_sweep(),
-                             getattr(module, 'member_name', sweep.member_name))
-  for m in members:  # every member's overrides are checked before any runs.
-    sweep.member_config(config, m)
-  if FLAGS.mode == 'results':
-    print(sweep_results.format_groups(sweep_results.write(workdir)['groups']))
-    return 0
-  sweep.write_plan(workdir, config, sweep_name, members)
-  if FLAGS.member:
-    members = [sweep.select(members, FLAGS.member)]
-  if FLAGS.launcher != 'local' and not FLAGS.member:
-    command = [sys.executable, os.path.abspath(sys.argv[0])] + [
-        a for a in sys.argv[1:] if not a.startswith('--launcher')]
-    jobs = sweep.submit(members, workdir, command, _executor(workdir))
-    print(f'Submitted {len(jobs)} member jobs; rerun with --mode=results '
-          'when they are done.')
-    if FLAGS.launcher == 'submitit_local':
-      for job in jobs:
-        job.result()
-    return 0
-  outcome = sweep.run_local(config, members, workdir)
-  if not FLAGS.member:
-    data = sweep_results.write(workdir)
-    print(sweep_results.format_groups(data['groups']))
-  print(sweep.summary_line(outcome, members, workdir))
-  return outcome.exit_code
 
 
 def main(argv):
@@ -164,7 +95,7 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. '
                          '--config=configs/default.py')
   # TensorFlow is imported only by the tf.data path, which hides every
-  # accelerator from it (input_pipeline/_tf.py); here it is only kept quiet.
+  # accelerator from it (input_pipeline/lazy_tf.py); here it is only kept quiet.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   logging.get_absl_logger().addFilter(_QuietLibraries())
   _initialize_distributed()
@@ -189,17 +120,20 @@ def main(argv):
                jax.__version__, jax.default_backend(), jax.process_index(),
                jax.process_count(), jax.local_devices())
   import input_pipeline  # pylint: disable=g-import-not-at-top
-  from cnn import errors, train  # pylint: disable=g-import-not-at-top
+  from cnn.common import errors  # pylint: disable=g-import-not-at-top
+  from cnn.training import train  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.mode == 'inspect':
       from cnn.visualize import run  # pylint: disable=g-import-not-at-top
       run.write_all(config, FLAGS.workdir)
       return
     if FLAGS.mode == 'probe':
-      _probe(config, FLAGS.workdir)
+      probe_mode.run(config, FLAGS.workdir)
       return
     if sweep_module is not None:
-      sys.exit(_run_sweep(config, sweep_name, sweep_module))
+      sys.exit(sweep_launch.run(config, sweep_name, sweep_module,
+                                workdir=FLAGS.workdir, mode=FLAGS.mode,
+                                member=FLAGS.member))
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except (errors.UserError, input_pipeline.DatasetError,
           input_pipeline.InputConfigError) as e:
@@ -209,27 +143,6 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
-
-
-def _probe(config, workdir: str) -> None:
-  """--mode=probe: fits the probes, writes --probe_out (WORKDIR/probe/),
-  prints the table."""
-  from cnn import errors, probe  # pylint: disable=g-import-not-at-top
-  layers = [s.strip() for s in (FLAGS.probe_layers or '').split(',')
-            if s.strip()]
-  try:
-    shots = [int(s) for s in FLAGS.probe_shots.split(',') if s.strip()]
-  except ValueError:
-    raise errors.UserError(
-        f'--probe_shots={FLAGS.probe_shots!r} is not a comma list of '
-        'integers (e.g. 10,100,0; 0 = all).') from None
-  rows = probe.probe_workdir(config, workdir, layers=layers or None,
-                             shots=shots, method=FLAGS.probe_method)
-  paths = probe.write_probe_results(
-      rows, FLAGS.probe_out or os.path.join(workdir, 'probe'))
-  print(probe.format_table(rows))
-  for p in paths:
-    print(p)
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -266,7 +179,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f'error: {e}\nPass --helpshort to see the flags.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections raises these while applying --config.a.b=... overrides.
-    from cnn import config_utils  # pylint: disable=g-import-not-at-top
+    from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
     config_path = next((a.split('=', 1)[1] for a in argv
                         if a.startswith('--config=')), None)
     keys = [a[len('--config.'):].split('=', 1)[0] for a in argv
@@ -282,8 +195,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
-  # Before JAX starts its threads (cnn/host_memory.py): `import cnn` itself
+  # Before JAX starts its threads (cnn/training/host_memory.py): `import cnn` itself
   # changes no process setting.
-  from cnn import host_memory  # pylint: disable=g-import-not-at-top
+  from cnn.training import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_freed_memory()
   app.run(main, flags_parser=_parse_flags)

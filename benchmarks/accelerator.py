@@ -6,7 +6,7 @@
 
 For each model (CIFAR ResNet-20/56 on 32x32x3, ResNet-50 on 224x224x3, random
 data) and each device count n = 1, 2, 4, ... up to all local devices: the
-train step of `cnn.steps` (SGD with momentum 0.9, the usual ResNet
+train step of `cnn.training.steps` (SGD with momentum 0.9, the usual ResNet
 optimiser), compute dtype `--dtype` (bfloat16 by default; parameters float32),
 jitted over a 1-D mesh of the first n devices with the global batch
 (`--per_device_batch` x n) split over them and the state replicated. Reports:
@@ -35,8 +35,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cnn import host_memory, steps
 from cnn.models import registry
+from cnn.training import host_memory, steps
 
 # Dense peak FLOP/s by device kind substring (lower case) and dtype: vendor
 # data sheets, without sparsity.
@@ -155,7 +155,7 @@ def device_counts(total: int) -> list[int]:
 
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
+  # faulting it in again (cnn/training/host_memory.py).
   host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--models', default='resnet20,resnet56,resnet50')

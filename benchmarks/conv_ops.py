@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import torch
 
-from cnn import host_memory
 from cnn.kernels import forms, onednn
+from cnn.training import host_memory
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 B = 128
@@ -81,7 +81,7 @@ def torch_fns(x_shape, k_shape, pad, stride, channels_last: bool):
 
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
+  # faulting it in again (cnn/training/host_memory.py).
   host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--reps', type=int, default=60)

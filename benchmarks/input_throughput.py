@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 import input_pipeline  # noqa: E402
 from benchmarks import train_throughput as tt  # noqa: E402
-from cnn import host_memory, steps  # noqa: E402
+from cnn.training import host_memory, steps  # noqa: E402
 from configs import default  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def step_with_device_batch_runner(source, config, naive: bool):
   import functools
 
   from benchmarks import cpu_speedups
-  from cnn import optim, sharding, train
+  from cnn.training import optim, sharding, train
   mesh = sharding.create_mesh()
   model = train.create_model(config, num_classes=10)
   lr_fn = optim.create_learning_rate_fn(config, 500, 10_000)
@@ -225,7 +225,7 @@ def streaming_benchmark(args) -> None:
 
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
+  # faulting it in again (cnn/training/host_memory.py).
   host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--pipelines', default='device,tfdata')

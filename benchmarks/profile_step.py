@@ -32,7 +32,7 @@ import jax  # noqa: E402
 from jax._src import profiler as jax_profiler  # noqa: E402
 
 from benchmarks import train_throughput as tt  # noqa: E402
-from cnn import host_memory  # noqa: E402
+from cnn.training import host_memory  # noqa: E402
 
 _KIND_PATTERNS = (('conv', r' convolution\('), ('dot', r' dot\('),
                   ('select-and-scatter', r'select-and-scatter\('),
@@ -84,7 +84,7 @@ def op_kind(name: str, ops, bodies, batch_size: int) -> str:
 
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
+  # faulting it in again (cnn/training/host_memory.py).
   host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='lenet5')

@@ -4,7 +4,7 @@
     python -m benchmarks.scan_vs_step --model=resnet20 --rounds=3
 
 Times K steps (`--steps_per_call`) over batches already on the device:
-  step          K calls of the jitted step (as cnn/train.py does)
+  step          K calls of the jitted step (as cnn/training/train.py does)
   scan          one call: `lax.scan` of the step over the K batches
   scan_unroll   the same with `unroll=True` (no loop left in the program)
   fori          one call: `lax.fori_loop` indexing the K batches
@@ -29,12 +29,12 @@ import numpy as np
 
 from benchmarks import cpu_speedups
 from benchmarks import train_throughput as tt
-from cnn import host_memory, sharding, steps, train
+from cnn.training import host_memory, sharding, steps, train
 
 
 def main(argv=None) -> None:
   # Before JAX first computes: CPU steps then reuse freed memory instead of
-  # faulting it in again (cnn/host_memory.py).
+  # faulting it in again (cnn/training/host_memory.py).
   host_memory.keep_freed_memory()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--model', default='lenet5')
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
   config = tt.make_config(args.model, 'adamw', 'float32')
   mesh = sharding.create_mesh()
   model = train.create_model(config, num_classes=10)
-  from cnn import optim
+  from cnn.training import optim
   lr_fn = optim.create_learning_rate_fn(config, 500, 10_000)
   rng = np.random.default_rng(0)
   images = jax.numpy.asarray(rng.normal(size=(k, b, *shape)), np.float32)

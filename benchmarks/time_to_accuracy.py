@@ -6,7 +6,7 @@
         --workdir=/tmp/tta --keep_running
 
 Starts a fresh Python process that imports the trainer and calls
-`cnn.train.train_and_evaluate(config, workdir)` on the config (in a new
+`cnn.training.train.train_and_evaluate(config, workdir)` on the config (in a new
 temporary workdir unless --workdir is given), watches `workdir/metrics.jsonl`
 and stops the run (SIGTERM: the trainer checkpoints and exits) at the first
 evaluation with `test_accuracy >= --target`, unless --keep_running. Reports:
@@ -50,11 +50,11 @@ import json, os, sys, time
 t_start = time.time()
 sys.path.insert(0, {repo!r})
 import importlib.util
-from cnn import host_memory
+from cnn.training import host_memory
 host_memory.keep_freed_memory()  # as main.py, before JAX starts
 import jax
 import input_pipeline
-from cnn import train
+from cnn.training import train
 spec = importlib.util.spec_from_file_location('experiment_config', {config!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -70,7 +70,7 @@ if {compilation_cache_dir!r}:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 if {plain!r}:
   from benchmarks import cpu_speedups
-  from cnn import steps
+  from cnn.training import steps
   steps.train_step = cpu_speedups.plain(steps.train_step)
   steps.eval_step = cpu_speedups.plain(steps.eval_step)
 t_imported = time.time()
@@ -93,7 +93,7 @@ def dump():
     json.dump(timings, f)
 dump()
 # Rewrite the timings at every evaluation (the parent may stop the run).
-from cnn import metrics as metrics_lib
+from cnn.training import metrics as metrics_lib
 _write = metrics_lib.MetricWriter.write
 def write(self, record):
   _write(self, record)

@@ -12,12 +12,12 @@ read the ratios, which are medians over rounds, not the absolute numbers).
 Each variant runs in its own worker process, driven in lock-step with this
 one: PyTorch's OpenMP runtime in a JAX process
 slows JAX, and two JAX programs of different sizes in one process fragment
-the heap that `cnn/host_memory.py` keeps, so one variant's steps would fault
+the heap that `cnn/training/host_memory.py` keeps, so one variant's steps would fault
 in memory the other freed (FINDINGS.md). The table's page faults per step
 show whether a variant still does. `--in_process` runs everything here
 instead:
 
-  jax        `cnn.steps.train_step` jitted exactly as `cnn/train.py` does
+  jax        `cnn.training.steps.train_step` jitted exactly as `cnn/training/train.py` does
              (`donate_argnums=(0, 1)`, the batch passed as an argument),
              with the optimizer and schedule of `configs/default.py`; the
              models as committed, i.e. with the forms of
@@ -66,8 +66,8 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 # Before jax and torch are imported (their threads start with the process's
-# malloc arenas): see cnn/host_memory.py. In every worker process too.
-from cnn import host_memory  # noqa: E402
+# malloc arenas): see cnn/training/host_memory.py. In every worker process too.
+from cnn.training import host_memory  # noqa: E402
 
 host_memory.keep_freed_memory()
 
@@ -77,7 +77,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from benchmarks import cpu_speedups, torch_models  # noqa: E402
-from cnn import optim, sharding, steps, train  # noqa: E402
+from cnn.training import optim, sharding, steps, train  # noqa: E402
 from configs import default as default_config  # noqa: E402
 
 # Steps per round for each model (about one second of work per variant: in
@@ -141,7 +141,7 @@ def input_shape(model_name: str, resnet_input: str) -> tuple[int, int, int]:
 def jax_runner(name: str, config: ml_collections.ConfigDict,
                shape: tuple[int, int, int], batch_size: int,
                naive: bool = False) -> Runner:
-  """The train step of cnn/train.py (naive: without the models' CPU forms)."""
+  """The train step of cnn/training/train.py (naive: without the models' CPU forms)."""
   mesh = sharding.create_mesh()
   model = train.create_model(config, num_classes=10)
   total_steps = 10_000

@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.train_subset = 0  # first N training examples (0 = all).
   config.input.test_subset = 0
   # Transfer tasks: keep these class ids, relabelled 0..k-1 (() = all), and
-  # the first N training examples of each (0 = all); input_pipeline.class_subset.
+  # the first N training examples of each (0 = all); input_pipeline.sources.class_subset.
   config.input.classes = ml_collections.FieldReference((), field_type=tuple)
   config.input.per_class = 0
   config.input.image_size = 0  # 0 = native size.

@@ -24,7 +24,7 @@ none). Three seeds per point (the paper: best of 5 for ResNet-110).
 
 import ml_collections
 
-from cnn import sweep
+from cnn.experiments import sweep
 from configs import cifar10_resnet20
 
 DEPTHS = (20, 32, 44, 56, 110)

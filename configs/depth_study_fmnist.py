@@ -29,7 +29,7 @@ so a stopped sweep already has every depth for the first seeds.
 
 import ml_collections
 
-from cnn import sweep
+from cnn.experiments import sweep
 from configs import depth_study
 
 DEPTHS = (20, 32, 56)

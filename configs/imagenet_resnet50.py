@@ -13,7 +13,7 @@ a 5-epoch linear warm-up, then cosine decay to 0 over 90 epochs; weight
 decay 1e-4 (kernels), no label smoothing; bfloat16 compute, float32
 parameters. Inception-style random-resized crop + flip at 224x224 for
 training, resize + centre crop (fraction 0.875) for eval, ImageNet mean/std;
-the data are streamed from disk (`input_pipeline/streaming.py`).
+the data are streamed from disk (`input_pipeline/pipelines/streaming.py`).
 imagenet2012 needs its archives (ILSVRC2012_img_train.tar,
 ILSVRC2012_img_val.tar) in `manual_dir` the first time (tfds prepares
 it once into `data_dir`). `:runlocal` is the same recipe shrunk to a CPU

@@ -19,7 +19,7 @@ Three seeds each; parameters, multiply-adds and receptive fields come from
 
 import ml_collections
 
-from cnn import sweep
+from cnn.experiments import sweep
 from cnn.models import registry
 from configs import default
 

@@ -28,7 +28,7 @@ their running ones on the target.
 
 import ml_collections
 
-from cnn import sweep
+from cnn.experiments import sweep
 from configs import default
 
 SOURCE_WORKDIR = 'runs/transfer_source_lenet5'

@@ -14,7 +14,7 @@ training recipe is configs/transfer_fmnist.py's; 3 seeds.
 
 import ml_collections
 
-from cnn import sweep
+from cnn.experiments import sweep
 from configs import transfer_fmnist
 
 NUM_GROUPS = 4  # c1, c3, f5, f6 (the pools have none); ResNet-20: 4 too.

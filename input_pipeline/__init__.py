@@ -18,15 +18,19 @@ tfds data sets import them, when used.
 
 from __future__ import annotations
 
-from input_pipeline.augment import default_augment_config
-from input_pipeline.datasets import (DatasetInfo, get_dataset_info,
-                                     load_split, local_names)
+from input_pipeline.augment.jax_ops import default_augment_config
+from input_pipeline.create import (
+                                             TrainSource,
+                                             create_eval_batches,
+                                             create_train_source,
+                                             get_dataset_info,
+                                             get_input_info,
+                                             uses_streaming,
+)
 from input_pipeline.errors import DatasetError, InputConfigError
-from input_pipeline.eval_data import eval_batches, num_eval_batches
+from input_pipeline.pipelines.eval_data import eval_batches, num_eval_batches
 from input_pipeline.preprocess import normalize, to_unit_float
-from input_pipeline.sources import (TrainSource, create_eval_batches,
-                                    create_train_source, get_input_info,
-                                    uses_streaming)
+from input_pipeline.sources.datasets import DatasetInfo, load_split, local_names
 
 __all__ = [
     'DatasetError',

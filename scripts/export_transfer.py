@@ -4,7 +4,7 @@
 
 For each sweep of the experiment found under RUNS (configs/transfer_fmnist,
 transfer_fmnist_resnet, transfer_yosinski, transfer_yosinski_resnet): its
-small files into RESULTS/<name>/ (`cnn.analysis.export`, replacing an older
+small files into RESULTS/<name>/ (`cnn.experiments.analysis.export`, replacing an older
 export), its figure, and its table on stdout. The probes of the source
 networks (runs/transfer_probes/<network>-<data>/, written by
 `main.py --mode=probe --probe_out=...`) are copied to
@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn import analysis  # noqa: E402  pylint: disable=g-import-not-at-top
+from cnn.experiments import analysis  # noqa: E402  pylint: disable=g-import-not-at-top
 
 GUIDANCE = ('transfer_fmnist', 'transfer_fmnist_resnet')
 YOSINSKI = ('transfer_yosinski', 'transfer_yosinski_resnet')

@@ -6,10 +6,10 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 
-from cnn import host_memory  # noqa: E402
+from cnn.training import host_memory  # noqa: E402
 
 # As main.py does, before JAX's threads first allocate: without it every CPU
-# step of the suite faults its buffers in again (cnn/host_memory.py).
+# step of the suite faults its buffers in again (cnn/training/host_memory.py).
 host_memory.keep_freed_memory()
 
 import jax  # noqa: E402

@@ -14,8 +14,8 @@ import re
 import numpy as np
 import pytest
 
-from cnn import train
-from input_pipeline import idx
+from cnn.training import train
+from input_pipeline.sources import idx
 from tests import helpers
 from tests.helpers import file_digests, run_main, tiny_config
 

@@ -1,4 +1,4 @@
-"""The glibc malloc settings of cnn/host_memory.py, which keep a CPU step
+"""The glibc malloc settings of cnn/training/host_memory.py, which keep a CPU step
 free of page faults: checked in child processes, since they must be set
 before JAX's threads first allocate, and only by an entry point that asks
 (importing `cnn` changes no process setting)."""
@@ -22,8 +22,8 @@ def _run_child(code: str, keep: str) -> str:
 
 
 _IMPORT_THEN_APPLY = textwrap.dedent('''
-    import cnn, cnn.checkpoint, cnn.summary, cnn.train
-    from cnn import host_memory
+    import cnn, cnn.training.checkpoint, cnn.summary, cnn.training.train
+    from cnn.training import host_memory
     imported = host_memory._applied
     print(imported, host_memory.keep_freed_memory(), host_memory._applied,
           host_memory.keep_freed_memory())
@@ -43,7 +43,7 @@ def test_importing_cnn_changes_nothing_and_keep_freed_memory_applies():
 
 _FAULTS_PER_CALL = textwrap.dedent('''
     import resource
-    from cnn import host_memory
+    from cnn.training import host_memory
     # Applies (or, with CNN_KEEP_FREED_MEMORY=0, skips) the settings.
     host_memory.keep_freed_memory()
     import jax, jax.numpy as jnp
@@ -87,7 +87,7 @@ def test_kept_memory_removes_the_page_faults_of_each_step():
 
 _HEAP_AFTER_A_LARGE_FREE = textwrap.dedent('''
     import ctypes
-    from cnn import host_memory
+    from cnn.training import host_memory
     host_memory.keep_freed_memory()
     libc = ctypes.CDLL('libc.so.6')
     libc.malloc.restype = ctypes.c_void_p

@@ -19,7 +19,10 @@ import pytest
 
 import input_pipeline as ip
 from configs import default
-from input_pipeline import augment, errors, idx, ordering
+from input_pipeline import errors
+from input_pipeline.augment import jax_ops as augment
+from input_pipeline.pipelines import ordering
+from input_pipeline.sources import idx
 
 FASHION_DIR = errors.DEFAULT_FASHION_MNIST_DIR
 needs_fashion = pytest.mark.skipif(
@@ -29,13 +32,13 @@ needs_fashion = pytest.mark.skipif(
 
 def _tf():
   pytest.importorskip('tensorflow')
-  from input_pipeline import _tf as tf_lib
+  from input_pipeline import lazy_tf as tf_lib
   return tf_lib.import_tensorflow()
 
 
 def _augment_tf():
   _tf()
-  from input_pipeline import augment_tf
+  from input_pipeline.augment import tf_ops as augment_tf
   return augment_tf
 
 
@@ -205,7 +208,7 @@ def test_import_does_not_load_tensorflow():
   # A fresh interpreter: this one may have imported TensorFlow already.
   code = '\n'.join([
       'import sys, numpy as np, input_pipeline as ip',
-      'from input_pipeline import device_data, eval_data',
+      'from input_pipeline.pipelines import device_data, eval_data',
       "info = ip.get_dataset_info('digits')",
       'device_data.DeviceSource(np.zeros((8, 8, 8, 1), np.uint8),',
       '                         np.zeros(8, np.int32), info=info,',
@@ -584,10 +587,10 @@ def test_eval_covers_every_fashion_mnist_test_example_once():
 
 def _prepare_local_builder(tmp_path, config_name):
   pytest.importorskip('tensorflow_datasets')
-  from input_pipeline import _tf as tf_lib
+  from input_pipeline import lazy_tf as tf_lib
   tfds = tf_lib.import_tfds()
   tfds.disable_progress_bar()
-  importlib.import_module('input_pipeline.tfds_builder')  # Registers it.
+  importlib.import_module('input_pipeline.sources.tfds_builder')  # Registers it.
   builder = tfds.builder(f'fashion_mnist_local/{config_name}',
                          data_dir=str(tmp_path))
   builder.download_and_prepare()  # Reads the Debian IDX files; no network.

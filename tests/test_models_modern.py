@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import errors, summary
+from cnn import summary
+from cnn.common import errors
 from cnn.models import mobilenet, registry
 
 IMAGENET = [

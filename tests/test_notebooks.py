@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from cnn import analysis, probe, sweep
+from cnn.experiments import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
 

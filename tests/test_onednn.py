@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import errors
+from cnn.common import errors
 from cnn.kernels import forms, onednn
 from tests.helpers import assert_conv_matches_lax
 

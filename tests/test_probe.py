@@ -1,4 +1,4 @@
-"""Tests for cnn.probe: the closed-form ridge against lstsq, probes of every
+"""Tests for cnn.experiments.probe: the closed-form ridge against lstsq, probes of every
 LeNet-5 stage of a tiny trained run, and `main.py --mode=probe`."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from cnn import errors, probe, train
+from cnn.common import errors
+from cnn.experiments import probe
+from cnn.training import train
 from tests import helpers
 
 # Smaller than runlocal (512 / 1,000 examples): 8 steps of batch 32.

@@ -25,14 +25,20 @@ import jax
 import numpy as np
 import pytest
 
-from cnn import checkpoint as checkpoint_lib
-from cnn import checkpoint_integrity, optim, sharding, train
-from cnn import experiment_identity as identity_lib
-from cnn.metrics import read_metrics
+from cnn.training import checkpoint as checkpoint_lib
+from cnn.training import checkpoint_integrity, optim, sharding, train
+from cnn.training import experiment_identity as identity_lib
+from cnn.training.metrics import read_metrics
 from configs import zoo
 from tests.golden import make_golden
-from tests.helpers import (REPO, assert_trees_equal, file_digests, main_args,
-                           run_main, tiny_config)
+from tests.helpers import (
+  REPO,
+  assert_trees_equal,
+  file_digests,
+  main_args,
+  run_main,
+  tiny_config,
+)
 
 
 def popen_main(args: list[str]) -> subprocess.Popen:
@@ -316,7 +322,7 @@ def test_unretrieved_read_errors_of_a_damaged_checkpoint_are_not_printed():
 
 _FILTERS_IN_A_FRESH_PROCESS = r'''
 import logging, sys
-from cnn import checkpoint, checkpoint_integrity
+from cnn.training import checkpoint, checkpoint_integrity
 quiet = lambda: sum(isinstance(f, checkpoint_integrity.QuietDamagedReads)
                     for f in logging.getLogger('asyncio').filters)
 wrapped = lambda: getattr(sys.unraisablehook, 'drops_abandoned_reads', False)

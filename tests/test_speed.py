@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from benchmarks import cpu_speedups
-from cnn import errors, optim, sharding, steps, train
+from cnn.common import errors
 from cnn.kernels import forms, onednn
 from cnn.models import registry
+from cnn.training import optim, sharding, steps, train
 from tests.helpers import assert_conv_matches_lax, tiny_config
 
 DN = ('NHWC', 'HWIO', 'NHWC')

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 import input_pipeline as ip
-from cnn import sharding
+from cnn.training import sharding
 from configs import default
 
 

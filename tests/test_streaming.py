@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 import input_pipeline as ip
-from cnn import steps
-from cnn.metrics import read_metrics
+from cnn.training import steps
+from cnn.training.metrics import read_metrics
 from tests import helpers
 
 tfds = pytest.importorskip('tensorflow_datasets')
-from input_pipeline import folder, streaming  # noqa: E402  (imports TF)
+from input_pipeline.pipelines import streaming  # noqa: E402  (imports TF)
+from input_pipeline.sources import folder  # noqa: E402  (imports TF)
 
 NUM_TRAIN, NUM_TEST, NUM_CLASSES = 90, 25, 7
 
@@ -200,7 +201,8 @@ def test_folder_labels_sizes_and_no_full_split_in_memory(image_folder,
   # loaders are made to fail.
   def refuse(*args, **kwargs):
     raise AssertionError('a split was loaded into memory')
-  monkeypatch.setattr(ip.datasets, '_load_cached', refuse)
+  from input_pipeline.sources import datasets  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(datasets, '_load_cached', refuse)
   config = _input_config(f'folder:{image_folder}', image_size=16,
                          batch_size=6)
   info = ip.get_input_info(config)

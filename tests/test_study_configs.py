@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from cnn import optim, summary, sweep
-from configs import (depth_study, depth_study_fmnist, receptive_field,
-                     receptive_field_fmnist)
+from cnn import summary
+from cnn.experiments import sweep
+from cnn.training import optim
+from configs import (
+  depth_study,
+  depth_study_fmnist,
+  receptive_field,
+  receptive_field_fmnist,
+)
 
 
 def _members(module):

@@ -14,12 +14,13 @@ import time
 import jax
 import pytest
 
-from cnn import errors, sweep, sweep_results
+from cnn.common import errors
+from cnn.experiments import sweep, sweep_results
 from tests.helpers import REPO, run_main, tiny_config
 
 # A sweep config file as a user writes one: two seeds of the tiny LeNet-5.
 TINY_SWEEP = '''
-from cnn import sweep
+from cnn.experiments import sweep
 from configs import default
 
 

@@ -26,9 +26,9 @@ import jax
 import numpy as np
 import pytest
 
-from cnn import checkpoint as checkpoint_lib
-from cnn import optim, sharding, train
-from cnn.metrics import read_metrics
+from cnn.training import checkpoint as checkpoint_lib
+from cnn.training import optim, sharding, train
+from cnn.training.metrics import read_metrics
 from tests import helpers
 from tests.helpers import REPO, run_main, tiny_config
 

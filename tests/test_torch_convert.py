@@ -15,8 +15,9 @@ import pytest
 torch = pytest.importorskip('torch')
 from torch import nn  # noqa: E402
 
-from cnn import errors, train  # noqa: E402
+from cnn.common import errors  # noqa: E402
 from cnn.models import registry  # noqa: E402
+from cnn.training import train  # noqa: E402
 from cnn.transfer import pretrained, torch_convert  # noqa: E402
 from tests.helpers import assert_trees_equal, tiny_config  # noqa: E402
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import optim, sharding, steps, train
-from cnn.metrics import read_metrics
+from cnn.training import optim, sharding, steps, train
+from cnn.training.metrics import read_metrics
 from tests.helpers import tiny_config
 
 

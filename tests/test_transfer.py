@@ -9,12 +9,14 @@ import numpy as np
 import optax
 import pytest
 
-from cnn import checkpoint, errors, train
-from cnn import metrics as metrics_lib
+from cnn.common import errors
 from cnn.models import base
-from configs import transfer_source, transfer_source_resnet
+from cnn.training import checkpoint, train
+from cnn.training import metrics as metrics_lib
 from cnn.transfer import pretrained, regimes
-from input_pipeline import InputConfigError, class_subset
+from configs import transfer_source, transfer_source_resnet
+from input_pipeline import InputConfigError
+from input_pipeline.sources import class_subset
 from tests.helpers import assert_trees_equal, tiny_config
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -218,6 +220,7 @@ def test_cached_features_refuse_what_they_cannot_do(source_workdir, tmp_path,
 
 def test_frozen_batch_norms_run_in_eval_mode_inside_a_training_pass():
   import flax.linen as nn
+
   from cnn import layers
   from cnn.kernels import forms
 
@@ -307,8 +310,9 @@ def test_bad_init_from_fails_before_writing(source_workdir, tmp_path,
 def test_init_from_another_architecture_is_refused(source_workdir, tmp_path):
   config = _target(source_workdir, model_name='mlp')
   with config.unlocked():
-    from cnn.models import registry
     import ml_collections
+
+    from cnn.models import registry
     config.model = ml_collections.ConfigDict(registry.backbone_options('mlp'))
   with pytest.raises(errors.UserError, match="holds a 'lenet5' network"):
     train.train_and_evaluate(config, str(tmp_path / 'never'))

@@ -12,10 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn import errors, summary, train
+from cnn import summary
+from cnn.common import errors
 from cnn.models import base
-from cnn.visualize import (activations, backprop, common, confusion, filters,
-                           kernels, receptive_field, saliency, shift, workdir)
+from cnn.training import train
+from cnn.visualize import (
+  activations,
+  backprop,
+  common,
+  confusion,
+  filters,
+  kernels,
+  receptive_field,
+  saliency,
+  shift,
+  workdir,
+)
 from tests import helpers
 
 
@@ -236,7 +248,7 @@ def test_summary_plot_and_train_cost(tmp_path, capsys):
   assert memory['batch_size'] == 4 and memory['temp_bytes'] > 0
   s = summary.summarize('lenet5')
   s.train_memory = memory
-  text = s.table()
+  text = summary.format_table(s)
   assert 'training step: about 3 x forward' in text
   assert 'compiled train step (XLA memory_analysis' in text
 

@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import errors
+from cnn.common import errors
 from cnn.kernels import onednn
 
 Array = jax.Array

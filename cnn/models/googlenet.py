@@ -45,7 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import errors, layers
+from cnn import layers
+from cnn.common import errors
 from cnn.models import registry
 
 Array = jax.Array

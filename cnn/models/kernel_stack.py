@@ -26,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn import errors, layers
+from cnn import layers
+from cnn.common import errors
 from cnn.models import registry
 
 LAYOUTS = {'5x5': (5,), '3x3-3x3': (3, 3), '3x3': (3,)}

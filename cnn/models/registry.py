@@ -14,8 +14,9 @@ from typing import Any
 
 import flax.linen as nn
 
-from cnn import errors
+from cnn.common import errors
 from cnn.models import base
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:

@@ -27,3 +27,4 @@ print_summary = cli.print_summary
 print_summary_for_config = cli.print_summary_for_config
 main = cli.main
 list_descriptions = report.list_descriptions
+format_table = report.format_table

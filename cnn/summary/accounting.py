@@ -69,7 +69,7 @@ import numpy as np
 from cnn import layers
 from cnn.kernels import forms
 from cnn.models import registry
-from cnn.summary import report, trace
+from cnn.summary import trace
 
 _NORMS = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -216,13 +216,6 @@ class Summary:
     pad = ' ' * indent
     lines = ',\n'.join(f'{pad * 2}{json.dumps(r)}' for r in rows)
     return f'{head[:-2]},\n{pad}"layers": [\n{lines}\n{pad}]\n}}'
-
-  def table(self) -> str:
-    """A readable per-layer table with totals and per-group subtotals."""
-    return report.format_table(self)
-
-  def __str__(self) -> str:
-    return self.table()
 
 
 CONVENTIONS = {

@@ -28,7 +28,7 @@ def print_summary(model_name: str, input_shape: Sequence[int] | None = None,
   """Prints the table (or JSON) of `summarize(...)` and returns the Summary."""
   s = accounting.summarize(model_name, input_shape, num_classes, dtype,
                            **overrides)
-  print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
+  print(s.to_json() if as_json else report.format_table(s), file=file or sys.stdout)
   return s
 
 
@@ -48,7 +48,7 @@ def print_summary_for_config(config, as_json: bool = False,
   shape, classes = tuple(spec.input_shape), spec.num_classes
   size = int(config.input.image_size)
   try:
-    from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
+    from input_pipeline.sources import datasets  # pylint: disable=g-import-not-at-top
     if config.input.dataset in datasets.local_names():
       info = datasets.get_dataset_info(config.input.dataset)
       shape, classes = tuple(info.image_shape), info.num_classes
@@ -58,7 +58,7 @@ def print_summary_for_config(config, as_json: bool = False,
     shape = (size, size, shape[2])
   s = accounting.summarize(name, shape, classes, config.dtype,
                            **config.model.to_dict())
-  print(s.to_json() if as_json else s.table(), file=file or sys.stdout)
+  print(s.to_json() if as_json else report.format_table(s), file=file or sys.stdout)
   return s
 
 
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(s.to_json() if args.json else s.table())
+  print(s.to_json() if args.json else report.format_table(s))
   if args.plot:
     from cnn.summary import plot  # pylint: disable=g-import-not-at-top
     plot.plot_summary(s, args.plot)

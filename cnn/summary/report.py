@@ -6,12 +6,8 @@ Formatting only: `cnn/summary/accounting.py` computes the numbers, and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cnn.models import registry
-
-if TYPE_CHECKING:  # accounting imports this module for `Summary.table`.
-  from cnn.summary import accounting
+from cnn.summary import accounting
 
 
 def _si(n: float) -> str:
@@ -52,7 +48,8 @@ def _rf_text(v: tuple[int, ...] | None) -> str:
 
 
 def format_table(s: accounting.Summary) -> str:
-  """`Summary.table()`: one line per row, totals, subtotals per group."""
+  """A readable per-layer table: one line per row, totals, subtotals per
+  group."""
   head = ('layer', 'type', 'output', 'units', 'weights', 'connections',
           'memory', 'FLOPs', 'RF', 'jump')
   lines = []

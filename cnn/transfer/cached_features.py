@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn import errors
-from input_pipeline import augment, device_data, preprocess
+from cnn.common import errors
+from input_pipeline import preprocess
+from input_pipeline.augment import jax_ops as augment
+from input_pipeline.pipelines import device_data
 
 # Training images per jitted feature call (the whole split would hold every
 # activation of the backbone at once).

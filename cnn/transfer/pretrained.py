@@ -11,7 +11,7 @@ run fails before training with the unmatched names on both sides. A shape
 that differs is an error naming the parameter, never a silent skip.
 
 Sources: a training workdir of ours (its latest checkpoint, read with
-`cnn.checkpoint.load_arrays` and checked against the fingerprint saved with
+`cnn.training.checkpoint.load_arrays` and checked against the fingerprint saved with
 it; a workdir of another architecture is refused) or a torchvision
 `state_dict` file (`.pth`, `.pt`, `.npz`: `cnn.transfer.torch_convert`).
 `config.transfer.copy_groups = n` loads only the first n backbone parameter
@@ -28,8 +28,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from cnn import checkpoint as checkpoint_lib
-from cnn import errors
+from cnn.common import errors
+from cnn.training import checkpoint as checkpoint_lib
 from cnn.transfer import regimes
 
 TORCH_SUFFIXES = ('.pth', '.pt', '.npz')

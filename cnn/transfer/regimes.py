@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import jax
 import optax
 
-from cnn import errors
+from cnn.common import errors
 
 REGIMES = ('full', 'fine_tune', 'feature_extraction', 'scratch')
 Rule = tuple[str, float | None]

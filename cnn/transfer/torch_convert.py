@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from cnn import errors
+from cnn.common import errors
 
 _RESNETS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 _VGGS = tuple(f'vgg{d}{bn}' for d in (11, 13, 16, 19) for bn in ('', '_bn'))
@@ -189,6 +189,7 @@ def _model_shapes(model_name: str, num_classes: int) -> dict[str, tuple]:
   memory for the weights, no compute)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from cnn.models import registry  # pylint: disable=g-import-not-at-top
   spec = registry.get_spec(model_name)
   model = registry.create_model(model_name, num_classes=num_classes)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from cnn import errors
+from cnn.common import errors
 from cnn.kernels import forms
 
 matplotlib.use('Agg')  # Files only; never a window.

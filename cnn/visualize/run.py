@@ -20,10 +20,20 @@ import sys
 import time
 from typing import Sequence
 
-from cnn import errors
+from cnn.common import errors
 from cnn.kernels import forms
-from cnn.visualize import (activations, backprop, common, confusion, filters,
-                           kernels, receptive_field, saliency, shift, workdir)
+from cnn.visualize import (
+  activations,
+  backprop,
+  common,
+  confusion,
+  filters,
+  kernels,
+  receptive_field,
+  saliency,
+  shift,
+  workdir,
+)
 
 
 def _summary_plot(run: workdir.Run, path: str) -> str:
@@ -173,6 +183,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  from cnn import host_memory  # pylint: disable=g-import-not-at-top
+  from cnn.training import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_freed_memory()
   sys.exit(main())

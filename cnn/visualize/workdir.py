@@ -2,7 +2,7 @@
 
 `load_run(workdir)` reads the resolved `config.json` the trainer wrote (so
 command-line overrides of the run are honoured), the newest checkpoint as
-numpy arrays (`cnn.checkpoint.load_arrays`), and rebuilds the variables at
+numpy arrays (`cnn.training.checkpoint.load_arrays`), and rebuilds the variables at
 initialisation from the run's seed exactly as the trainer does (no training
 program needed).
 """
@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 
 import input_pipeline
-from cnn import checkpoint, errors, train
+from cnn.common import errors
+from cnn.training import checkpoint, train
 
 
 @dataclasses.dataclass
@@ -71,7 +72,7 @@ def load_config(workdir: str, config: ml_collections.ConfigDict | None = None
 
 
 def init_variables(model, config, image_shape) -> dict:
-  """`model.init` as `cnn.train` does it: PRNGKey(seed), split, train=False."""
+  """`model.init` as `cnn.training.train` does it: PRNGKey(seed), split, train=False."""
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   return jax.jit(lambda key: model.init(
       {'params': key, 'dropout': key},

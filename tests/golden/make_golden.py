@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.golden.make_golden
 
 A LeNet-5 trained for 3 steps on 256 Fashion-MNIST images, saved by
-`cnn.checkpoint.Checkpointer` exactly as training saves it
+`cnn.training.checkpoint.Checkpointer` exactly as training saves it
 (`tests/golden/lenet5/checkpoints/3/`, < 1 MB), and `expected.json` with the
 step, the metadata and a sha256 of every array. The test restores the
 committed files with whatever orbax/flax/jax are installed: a change of the
@@ -79,7 +79,7 @@ def main() -> None:
   import flax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  from cnn import checkpoint, train  # pylint: disable=g-import-not-at-top
+  from cnn.training import checkpoint, train  # pylint: disable=g-import-not-at-top
 
   with tempfile.TemporaryDirectory() as tmp:
     train.train_and_evaluate(golden_config(), tmp)

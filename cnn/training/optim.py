@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cnn import errors
+from cnn.common import errors
 from cnn.transfer import regimes
 
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'onecycle', 'step',

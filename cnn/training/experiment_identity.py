@@ -8,7 +8,7 @@ checkpoint has another identity holds another experiment and is refused,
 never overwritten. Everything else (learning rate, epochs, batch size, how
 convolutions are computed) may change between runs of one experiment.
 
-`cnn.checkpoint` re-exports all three names.
+`cnn.training.checkpoint` re-exports all three names.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from cnn import errors
+from cnn.common import errors
 
 # Fields that decide what a checkpoint holds: a workdir whose checkpoint
 # differs in these is another experiment and is never overwritten.

@@ -22,9 +22,10 @@ import os
 
 import numpy as np
 
-from input_pipeline import _tf, fashion_mnist
+from input_pipeline import lazy_tf
+from input_pipeline.sources import fashion_mnist
 
-tfds = _tf.import_tfds()
+tfds = lazy_tf.import_tfds()
 
 
 @dataclasses.dataclass

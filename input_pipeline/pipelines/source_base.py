@@ -9,7 +9,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from input_pipeline import augment, errors, ordering
+from input_pipeline import errors
+from input_pipeline.augment import jax_ops as augment
+from input_pipeline.pipelines import ordering
 
 
 def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnn import sweep
+from cnn.experiments import sweep
 
 COLUMNS = (
     'member', 'status', 'model_name', 'depth', 'residual', 'kernel_layout',
@@ -83,7 +83,7 @@ def _model_facts(model_name: str, model_json: str,
 
 
 def _input_shape(config: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
-  from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  from input_pipeline.sources import datasets  # pylint: disable=g-import-not-at-top
   inp = config['input']
   info = datasets.get_dataset_info(
       inp['dataset'], data_dir=inp['data_dir'], manual_dir=inp['manual_dir'],

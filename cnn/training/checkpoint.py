@@ -2,10 +2,10 @@
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`. `state` holds the arrays
 (step, params, batch_stats, opt_state, rng); `meta` is JSON describing what
-was trained (model, data set, ...: `cnn/experiment_identity.py`), so a
+was trained (model, data set, ...: `cnn/training/experiment_identity.py`), so a
 workdir holding another experiment is refused instead of being silently
 overwritten, plus a fingerprint of every array
-(`cnn/checkpoint_integrity.py`), so damaged bytes are noticed rather than
+(`cnn/training/checkpoint_integrity.py`), so damaged bytes are noticed rather than
 trained on.
 
 Restore walks the saved steps from newest to oldest: a checkpoint that fails
@@ -30,9 +30,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from cnn import checkpoint_integrity, errors
-from cnn import experiment_identity as identity_lib
-from cnn.steps import TrainState
+from cnn.common import errors
+from cnn.training import checkpoint_integrity
+from cnn.training import experiment_identity as identity_lib
+from cnn.training.steps import TrainState
 
 # Re-exported: the trainer finds the checkpoint errors, the checksum and the
 # identity check of `restore_latest` here.

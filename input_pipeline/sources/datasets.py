@@ -20,8 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from input_pipeline import _tf, digits, fashion_mnist, folder, preprocess
+from input_pipeline import lazy_tf, preprocess
 from input_pipeline.errors import DatasetError
+from input_pipeline.sources import digits, fashion_mnist, folder
 
 SPLITS = ('train', 'test')
 
@@ -87,7 +88,7 @@ def local_names() -> list[str]:
   return sorted(_LOCAL)
 
 
-def _check_split(name: str, split: str) -> None:
+def check_split(name: str, split: str) -> None:
   if split not in SPLITS:
     raise DatasetError(
         f'Data set {name!r}: unknown split {split!r}; valid: {SPLITS}.')
@@ -110,7 +111,7 @@ def _tfds_fix(name: str, data_dir: str | None) -> str:
       'downloads read them from config.input.manual_dir.')
 
 
-def _tfds_download_kwargs(tfds, manual_dir: str | None) -> dict:
+def tfds_download_kwargs(tfds, manual_dir: str | None) -> dict:
   if not manual_dir:
     return {}
   return {'download_config': tfds.download.DownloadConfig(
@@ -119,18 +120,18 @@ def _tfds_download_kwargs(tfds, manual_dir: str | None) -> dict:
 
 def _import_tfds_for(name: str):
   try:
-    tfds = _tf.import_tfds()
+    tfds = lazy_tf.import_tfds()
   except ImportError as e:
     raise DatasetError(
         f'Unknown local data set {name!r} and tensorflow_datasets is not '
         f'installed. {_tfds_fix(name, None)}') from e
   if name.split('/')[0] == 'fashion_mnist_local':
     # Registers the builder with tfds.
-    importlib.import_module('input_pipeline.tfds_builder')
+    importlib.import_module('input_pipeline.sources.tfds_builder')
   return tfds
 
 
-def _tfds_builder(name: str, data_dir: str | None):
+def tfds_builder(name: str, data_dir: str | None):
   tfds = _import_tfds_for(name)
   try:
     return tfds, tfds.builder(name, data_dir=data_dir)
@@ -156,11 +157,11 @@ def _tfds_builder(name: str, data_dir: str | None):
 def _tfds_load(name: str, split: str, data_dir: str | None,
                manual_dir: str | None, download: bool
                ) -> tuple[np.ndarray, np.ndarray]:
-  tfds, builder = _tfds_builder(name, data_dir)
+  tfds, builder = tfds_builder(name, data_dir)
   try:
     if download:
       builder.download_and_prepare(
-          **_tfds_download_kwargs(tfds, manual_dir))
+          **tfds_download_kwargs(tfds, manual_dir))
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
   except (AssertionError, FileNotFoundError, ValueError, OSError) as e:
     # tfds reports "not prepared" as AssertionError and a missing split as
@@ -222,7 +223,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     DatasetError: unknown name or split, or data missing/corrupt; the message
       says how to fix it.
   """
-  _check_split(name, split)
+  check_split(name, split)
   if folder.is_folder(name):
     raise DatasetError(
         f'{name!r} is streamed from disk, never loaded whole: train with it '
@@ -250,7 +251,7 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], ...]:
 def _tfds_info(name: str, data_dir: str | None, manual_dir: str | None,
                download: bool) -> DatasetInfo:
   images, _ = _load_cached(name, 'train', data_dir, manual_dir, download)
-  _, builder = _tfds_builder(name, data_dir)
+  _, builder = tfds_builder(name, data_dir)
   info = builder.info
   label = info.features['label']
   mean, std = _channel_stats(images)
@@ -276,8 +277,9 @@ def get_dataset_info(name: str, *, data_dir: str | None = None,
   those of the native images, which resizing hardly moves).
   """
   if folder.is_folder(name):
-    from input_pipeline import streaming  # TensorFlow; folders only.
-    return streaming.get_info(name, image_size=image_size)
+    raise DatasetError(
+        f'{name!r} is a folder of images, read by the streaming pipeline: '
+        'use input_pipeline.get_dataset_info, which streams it.')
   if name in _LOCAL:
     info = _LOCAL[name].info
   else:

@@ -19,7 +19,7 @@ export under `results/` (`export`: the plan, results and each member's
   probe_curves(probes, shots)            probe accuracy vs layer per data set
 
 Errors are in %, 1 - accuracy; the training error is the one
-`cnn.sweep_results` defines (eval mode on the training images).
+`cnn.experiments.sweep_results` defines (eval mode on the training images).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ matplotlib.use('Agg')  # files only; notebooks show the returned figures.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cnn import probe as probe_lib  # noqa: E402
-from cnn import sweep, sweep_results  # noqa: E402
+from cnn.experiments import probe as probe_lib  # noqa: E402
+from cnn.experiments import sweep, sweep_results  # noqa: E402
 
 MEMBER_FILES = ('config.json', 'metrics.jsonl', sweep.RESULT_FILE)
 SWEEP_FILES = (sweep.PLAN_FILE, 'results.csv', 'results.json')
@@ -48,7 +48,7 @@ SWEEP_FILES = (sweep.PLAN_FILE, 'results.csv', 'results.json')
 class Study:
   """A loaded sweep.
 
-  rows: one `cnn.sweep_results` row per member (status, sizes, errors).
+  rows: one `cnn.experiments.sweep_results` row per member (status, sizes, errors).
   groups: the rows' groups over seeds (mean, std, n).
   curves: member name -> {'step', 'train_error', 'test_error'} arrays.
   group_of: member name -> its group (the name without the seed).

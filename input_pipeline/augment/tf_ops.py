@@ -14,12 +14,17 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from input_pipeline import _tf
-from input_pipeline.augment import (NUM_UNIFORMS, UNIFORM_COLUMNS,
-                                    AugmentConfig, is_identity,
-                                    resolve_config, uses_transform)
+from input_pipeline import lazy_tf
+from input_pipeline.augment.jax_ops import (
+  NUM_UNIFORMS,
+  UNIFORM_COLUMNS,
+  AugmentConfig,
+  is_identity,
+  resolve_config,
+  uses_transform,
+)
 
-tf = _tf.import_tensorflow()
+tf = lazy_tf.import_tensorflow()
 
 
 # ------------------------------------------------------- deterministic ops

@@ -41,13 +41,15 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from input_pipeline import (_tf, augment_tf, datasets, errors, folder,
-                            imagenet_preprocess as ipp, preprocess,
-                            source_base)
+from input_pipeline import errors, lazy_tf, preprocess
+from input_pipeline.augment import imagenet_tf as ipp
+from input_pipeline.augment import tf_ops as augment_tf
 from input_pipeline.errors import DatasetError, InputConfigError
+from input_pipeline.pipelines import source_base
+from input_pipeline.sources import datasets, folder
 
-tf = _tf.import_tensorflow()
-tfds = _tf.import_tfds()
+tf = lazy_tf.import_tensorflow()
+tfds = lazy_tf.import_tfds()
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Encoded files read concurrently by tfds' interleave.
@@ -208,7 +210,7 @@ def _deterministic_options() -> tf.data.Options:
 def _builder(name: str, data_dir: str | None, manual_dir: str | None,
              download: bool):
   """A prepared tfds builder; one-line errors when it cannot be."""
-  _, builder = datasets._tfds_builder(name, data_dir)
+  _, builder = datasets.tfds_builder(name, data_dir)
   prepared = bool(builder.info.splits)
   needs_manual = bool(getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None))
   if not prepared and download:
@@ -220,7 +222,7 @@ def _builder(name: str, data_dir: str | None, manual_dir: str | None,
           '--config.input.manual_dir=<that directory>.')
     try:
       builder.download_and_prepare(
-          **datasets._tfds_download_kwargs(tfds, manual_dir))
+          **datasets.tfds_download_kwargs(tfds, manual_dir))
     except Exception as e:
       first = str(e).strip().splitlines()[0] if str(e).strip() else ''
       raise DatasetError(
@@ -274,7 +276,7 @@ def open_records(name: str, split: str, *, data_dir=None, manual_dir=None,
                  shuffle_buffer: int = 10_000):
   """`FolderRecords` or `TfdsRecords` of a split (subset: first N; folders:
   a fixed random N)."""
-  datasets._check_split(name, split)
+  datasets.check_split(name, split)
   if folder.is_folder(name):
     return _folder_records(name, split, subset)
   builder = _builder(name, data_dir, manual_dir, bool(download))

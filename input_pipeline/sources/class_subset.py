@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline import datasets, errors
+from input_pipeline import errors
+from input_pipeline.sources import datasets
 
 
 def check(classes: Sequence[int], per_class: int, num_classes: int) -> None:

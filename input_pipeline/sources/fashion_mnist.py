@@ -10,10 +10,13 @@ import os
 
 import numpy as np
 
-from input_pipeline import idx
-from input_pipeline.errors import (DEFAULT_FASHION_MNIST_DIR,
-                                   FASHION_MNIST_ENV, FASHION_MNIST_FIX,
-                                   DatasetError)
+from input_pipeline.errors import (
+  DEFAULT_FASHION_MNIST_DIR,
+  FASHION_MNIST_ENV,
+  FASHION_MNIST_FIX,
+  DatasetError,
+)
+from input_pipeline.sources import idx
 
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from input_pipeline import augment, errors, ordering, preprocess, source_base
+from input_pipeline import errors, preprocess
+from input_pipeline.augment import jax_ops as augment
+from input_pipeline.pipelines import ordering, source_base
 
 # Tags for splitting the data key: the order and the augmentations draw from
 # independent streams.

@@ -38,8 +38,9 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from cnn import checkpoint, errors, train
+from cnn.common import errors
 from cnn.kernels import forms
+from cnn.training import checkpoint, train
 from cnn.visualize import common
 
 METHODS = ('ridge', 'logistic', 'svm')

@@ -11,8 +11,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cnn import errors
-from input_pipeline import source_base
+from cnn.common import errors
+from input_pipeline.pipelines import source_base
 
 DATA_AXIS = 'data'
 
@@ -46,5 +46,5 @@ def check_batch_size(global_batch_size: int, what: str = 'batch size') -> None:
 
 def put_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh
                      ) -> dict[str, jax.Array]:
-  """`input_pipeline.source_base.put_global_batch` on the 'data' axis."""
+  """`input_pipeline.pipelines.source_base.put_global_batch` on the 'data' axis."""
   return source_base.put_global_batch(local_batch, mesh, DATA_AXIS)

@@ -18,9 +18,9 @@ Importing this module imports TensorFlow (with GPUs hidden).
 
 from __future__ import annotations
 
-from input_pipeline import _tf
+from input_pipeline import lazy_tf
 
-tf = _tf.import_tensorflow()
+tf = lazy_tf.import_tensorflow()
 
 PREPROCESSINGS = ('resize', 'imagenet')
 

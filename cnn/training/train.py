@@ -33,14 +33,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import input_pipeline
-from cnn import checkpoint as checkpoint_lib
-from cnn import metrics as metrics_lib
-from cnn import errors, optim, sharding, steps
+from cnn.common import errors
 from cnn.kernels import forms
 from cnn.models import base, registry
-from cnn.transfer import cached_features
+from cnn.training import checkpoint as checkpoint_lib
+from cnn.training import metrics as metrics_lib
+from cnn.training import optim, sharding, steps
+from cnn.transfer import cached_features, regimes
 from cnn.transfer import pretrained as transfer_pretrained
-from cnn.transfer import regimes
 
 # Test sets up to this size (float32 bytes) stay on the devices between evals.
 _EVAL_CACHE_BYTES = 1 << 30

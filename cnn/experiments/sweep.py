@@ -22,7 +22,7 @@ nothing. All state is in files:
                           atomically when the member ends
 
 A completed member is skipped, a half-finished one resumes from its
-checkpoint, a failed one is tried again. `cnn.sweep_results` aggregates.
+checkpoint, a failed one is tried again. `cnn.experiments.sweep_results` aggregates.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import ml_collections
 from absl import logging
 
-from cnn import errors
+from cnn.common import errors
 
 Overrides = dict[str, Any]
 PLAN_FILE = 'sweep.json'
@@ -341,7 +341,7 @@ def _member_lock(workdir: str, name: str) -> Iterator[bool]:
 
 def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
                        workdir: str) -> str:
-  from cnn import train  # pylint: disable=g-import-not-at-top
+  from cnn.training import train  # pylint: disable=g-import-not-at-top
   member_dir = os.path.join(workdir, member.name)
   previous = read_result(member_dir)
   if previous and previous['status'] == 'completed':

@@ -20,9 +20,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from input_pipeline import _tf, augment_tf, ordering, preprocess, source_base
+from input_pipeline import lazy_tf, preprocess
+from input_pipeline.augment import tf_ops as augment_tf
+from input_pipeline.pipelines import ordering, source_base
 
-tf = _tf.import_tensorflow()
+tf = lazy_tf.import_tensorflow()
 
 
 class TfDataSource(source_base.SourceBase):

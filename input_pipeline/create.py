@@ -35,7 +35,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from input_pipeline import class_subset, datasets, errors, eval_data, folder
+from input_pipeline import errors
+from input_pipeline.pipelines import eval_data
+from input_pipeline.sources import class_subset, datasets, folder
 
 PIPELINES = ('device', 'tfdata')
 STREAMING_MODES = ('auto', 'always', 'never')
@@ -110,7 +112,7 @@ def uses_streaming(input_config: Any) -> bool:
     return False
   if mode == 'always':
     return True
-  from input_pipeline import streaming  # TensorFlow: tfds names only.
+  from input_pipeline.pipelines import streaming  # TensorFlow: tfds names only.
   size = streaming.decoded_bytes(name, _field(input_config, 'data_dir'))
   return size is not None and size > int(
       _field(input_config, 'stream_threshold_bytes'))
@@ -121,6 +123,20 @@ def _stream_kwargs(input_config: Any) -> dict[str, Any]:
               preprocess_name=_field(input_config, 'preprocess'),
               stats_sample=int(_field(input_config,
                                                 'stats_sample')))
+
+
+def get_dataset_info(name: str, *, data_dir: str | None = None,
+                     manual_dir: str | None = None, download: bool = False,
+                     image_size: int = 0) -> datasets.DatasetInfo:
+  """The `DatasetInfo` of a data set by name: offline and tfds names from
+  `sources.datasets`, a `folder:` of images from the streaming pipeline
+  (which reads a bounded sample of it for mean/std)."""
+  if folder.is_folder(name):
+    from input_pipeline.pipelines import streaming  # TensorFlow; folders only.
+    return streaming.get_info(name, image_size=image_size)
+  return datasets.get_dataset_info(name, data_dir=data_dir,
+                                   manual_dir=manual_dir, download=download,
+                                   image_size=image_size)
 
 
 def get_input_info(input_config: Any) -> datasets.DatasetInfo:
@@ -134,7 +150,7 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
       raise errors.InputConfigError(
           'config.input.classes / per_class select from data held in memory; '
           'a streamed data set cannot use them (set them to () and 0).')
-    from input_pipeline import streaming
+    from input_pipeline.pipelines import streaming
     return streaming.get_info(name, **_common(input_config),
                               **_stream_kwargs(input_config))
   if _field(input_config, 'preprocess') != 'resize':
@@ -155,7 +171,7 @@ def _class_subset(input_config: Any) -> tuple[tuple[int, ...], int]:
 
 
 def _open_stream(input_config: Any, split: str, subset_field: str):
-  from input_pipeline import streaming
+  from input_pipeline.pipelines import streaming
   return streaming.open_records(
       _field(input_config, 'dataset'), split,
       subset=int(_field(input_config, subset_field) or 0),
@@ -217,7 +233,7 @@ def create_train_source(input_config: Any, *, seed: int,
   if global_batch_size is None:
     global_batch_size = int(_field(input_config, 'batch_size'))
   if uses_streaming(input_config):
-    from input_pipeline import streaming
+    from input_pipeline.pipelines import streaming
     return streaming.StreamingSource(
         _open_stream(input_config, 'train', 'train_subset'),
         info=get_input_info(input_config),
@@ -231,11 +247,11 @@ def create_train_source(input_config: Any, *, seed: int,
                 augment_config=_field(input_config, 'augment'), seed=seed,
                 process_index=process_index, process_count=process_count)
   if pipeline == 'device':
-    from input_pipeline import device_data
+    from input_pipeline.pipelines import device_data
     return device_data.DeviceSource(images, labels, mesh=mesh,
                                     data_axis=data_axis, **common)
   # Imports TensorFlow; only reached when tf.data was asked for.
-  from input_pipeline import tfdata
+  from input_pipeline.pipelines import tfdata
   return tfdata.TfDataSource(images, labels, mesh=mesh, data_axis=data_axis,
                              **common)
 
@@ -255,7 +271,7 @@ def create_eval_batches(input_config: Any, *, split: str = 'test',
   if batch_size is None:
     batch_size = int(_field(input_config, 'eval_batch_size'))
   if uses_streaming(input_config):
-    from input_pipeline import streaming
+    from input_pipeline.pipelines import streaming
     return streaming.eval_batches(
         _open_stream(input_config, split, subset_field),
         info=get_input_info(input_config), batch_size=batch_size,

@@ -1,0 +1,91 @@
+"""Running a sweep config from `main.py`: here, one member, or on SLURM.
+
+The launcher options (`--launcher`, `--slurm_*`) live here, beside the code
+they steer; `main.py` only calls `run`.
+
+    main.py --config=configs/depth_study_fmnist.py --workdir=W              # every member here
+    main.py ... --member=plain56-seed1                                      # one member
+    main.py ... --launcher=slurm --slurm_partition=gpu --slurm_gpus_per_node=1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+LAUNCHERS = ('local', 'slurm', 'submitit_local')
+
+flags.DEFINE_enum('launcher', 'local', LAUNCHERS,
+                  'Sweep configs: local (members one after the other in this '
+                  'process), slurm (a submitit job array, one task per '
+                  'unfinished member), submitit_local (the same jobs as local '
+                  'processes, for testing).')
+flags.DEFINE_string('slurm_partition', None, '--launcher=slurm: partition.')
+flags.DEFINE_integer('slurm_timeout_min', 24 * 60,
+                     '--launcher=slurm: time limit of each member job.')
+flags.DEFINE_integer('slurm_gpus_per_node', 0,
+                     '--launcher=slurm: GPUs of each member job.')
+flags.DEFINE_integer('slurm_array_parallelism', 64,
+                     '--launcher=slurm: member jobs running at once.')
+
+FLAGS = flags.FLAGS
+
+
+def _executor(workdir: str):
+  import submitit  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(workdir, 'submitit', '%j')
+  if FLAGS.launcher == 'submitit_local':
+    return submitit.LocalExecutor(folder=folder)
+  executor = submitit.AutoExecutor(folder=folder)
+  executor.update_parameters(
+      timeout_min=FLAGS.slurm_timeout_min, slurm_partition=FLAGS.slurm_partition,
+      gpus_per_node=FLAGS.slurm_gpus_per_node or None,
+      slurm_array_parallelism=FLAGS.slurm_array_parallelism,
+      slurm_signal_delay_s=120)
+  return executor
+
+
+def run(config, sweep_name: str, module, *, workdir: str, mode: str,
+        member: str | None) -> int:
+  """Runs (or submits) the members of a sweep config; returns the exit code.
+
+  Args:
+    config: the base experiment (`module.get_config()` with the command
+      line's overrides).
+    sweep_name: the config file's name (`depth_study_fmnist`).
+    module: the config module, with `get_sweep()` (and optionally
+      `member_name(overrides)`).
+    workdir: the sweep's directory; members train into `workdir/<name>/`.
+    mode: 'train' or 'results' (only write results.csv/json).
+    member: run only this member (what a cluster task does), or None.
+  """
+  # pylint: disable=g-import-not-at-top
+  from cnn.experiments import sweep, sweep_results
+  members = sweep.members_of(module.get_sweep(),
+                             getattr(module, 'member_name', sweep.member_name))
+  for m in members:  # every member's overrides are checked before any runs.
+    sweep.member_config(config, m)
+  if mode == 'results':
+    print(sweep_results.format_groups(sweep_results.write(workdir)['groups']))
+    return 0
+  sweep.write_plan(workdir, config, sweep_name, members)
+  if member:
+    members = [sweep.select(members, member)]
+  if FLAGS.launcher != 'local' and not member:
+    command = [sys.executable, os.path.abspath(sys.argv[0])] + [
+        a for a in sys.argv[1:] if not a.startswith('--launcher')]
+    jobs = sweep.submit(members, workdir, command, _executor(workdir))
+    print(f'Submitted {len(jobs)} member jobs; rerun with --mode=results '
+          'when they are done.')
+    if FLAGS.launcher == 'submitit_local':
+      for job in jobs:
+        job.result()
+    return 0
+  outcome = sweep.run_local(config, members, workdir)
+  if not member:
+    data = sweep_results.write(workdir)
+    print(sweep_results.format_groups(data['groups']))
+  print(sweep.summary_line(outcome, members, workdir))
+  return outcome.exit_code
