@@ -197,8 +197,8 @@ def test_plan_refuses_another_sweep_and_changed_members(tmp_path):
   with pytest.raises(sweep.SweepError, match='another base experiment'):
     sweep.write_plan(str(tmp_path), _tiny_base(**{
         'model.activation': 'tanh'}), 'tiny', members)
-  with pytest.raises(sweep.SweepError, match=r"differs in \['num_epochs'\]"):
-    sweep.write_plan(str(tmp_path), _tiny_base(num_epochs=3.0), 'tiny',
+  with pytest.raises(sweep.SweepError, match=r'num_epochs: 1\.0 -> 0\.5'):
+    sweep.write_plan(str(tmp_path), _tiny_base(num_epochs=0.5), 'tiny',
                      members)
   # How convolutions are computed is not part of the sweep.
   sweep.write_plan(str(tmp_path), _tiny_base(conv_impl='xla'), 'tiny',
@@ -211,6 +211,15 @@ def test_plan_refuses_another_sweep_and_changed_members(tmp_path):
                    sweep.members_of(sweep.axis('seed', [1, 0])))
   with open(tmp_path / 'sweep.json') as f:
     assert [m['name'] for m in json.load(f)['members']] == ['seed0', 'seed1']
+  # A longer run extends the sweep; opting in records another recipe.
+  sweep.write_plan(str(tmp_path), _tiny_base(num_epochs=3.0), 'tiny',
+                   members)
+  sweep.write_plan(str(tmp_path), _tiny_base(**{
+      'num_epochs': 3.0, 'optimizer.learning_rate': 0.5,
+      'accept_recipe_change': True}), 'tiny', members)
+  with open(tmp_path / 'sweep.json') as f:
+    history = json.load(f)['history']
+  assert history[-1]['changes']['optimizer.learning_rate'] == [0.003, 0.5]
 
 
 # ------------------------------------------------------------- aggregation

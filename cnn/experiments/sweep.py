@@ -44,6 +44,7 @@ import ml_collections
 from absl import logging
 
 from cnn.common import errors
+from cnn.training import recipe
 
 Overrides = dict[str, Any]
 PLAN_FILE = 'sweep.json'
@@ -191,21 +192,13 @@ def select(members: Sequence[Member], name: str) -> Member:
 # --------------------------------------------------------------------- plan
 
 
-# Fields of the base config that do not change what a member computes: a
-# sweep may be rerun with them changed.
-BOOKKEEPING_FIELDS = ('conv_impl', 'progress_bar', 'log_every_steps',
-                      'checkpoint_every_steps', 'keep_checkpoints')
-
-
 def _definition(base: ml_collections.ConfigDict, sweep_name: str) -> dict:
-  """What makes two sweeps the same sweep: the config file and the whole
-  base config but its bookkeeping fields (members may be added; finished
-  ones are never redone, so a changed recipe needs a new workdir)."""
-  config = json.loads(base.to_json_best_effort())
-  for field in BOOKKEEPING_FIELDS:
-    config.pop(field, None)
-  config['model'].pop('remat', None)
-  return dict(sweep=sweep_name, base=config)
+  """What makes two sweeps the same sweep: the config file and the base
+  config. A rerun may change what `cnn.training.recipe` lets any run change
+  (cadences, implementation; raise the training length); another recipe
+  needs a new workdir or `accept_recipe_change` (finished members are never
+  redone)."""
+  return dict(sweep=sweep_name, base=json.loads(base.to_json_best_effort()))
 
 
 def write_plan(workdir: str, base: ml_collections.ConfigDict,
@@ -218,18 +211,26 @@ def write_plan(workdir: str, base: ml_collections.ConfigDict,
   path = os.path.join(workdir, PLAN_FILE)
   definition = _definition(base, sweep_name)
   listed: list[dict] = []
+  history: list[dict] = []  # accepted base-config changes, oldest first.
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if old['definition'] != definition:
-      diff = [k for k in definition['base']
-              if old['definition']['base'].get(k) != definition['base'][k]]
-      what = (f"sweep {old['definition']['sweep']!r}"
-              if old['definition']['sweep'] != sweep_name else
-              f'another base experiment (differs in {diff})')
+    if old['definition']['sweep'] != sweep_name:
       raise SweepError(
-          f'{workdir} holds {what}; nothing was changed. Use a new '
-          '--workdir for this sweep.')
+          f"{workdir} holds sweep {old['definition']['sweep']!r}; nothing "
+          'was changed. Use a new --workdir for this sweep.')
+    changes = recipe.recipe_changes(old['definition']['base'], base)
+    if changes and not base.accept_recipe_change:
+      raise SweepError(
+          f'{workdir} holds another base experiment ({recipe.describe(changes)}'
+          '); nothing was changed. Use a new --workdir for this sweep, or '
+          'rerun with --config.accept_recipe_change=True (each member records '
+          'the change with its step).')
+    history = old.get('history', [])
+    changed = recipe.all_changes(old['definition']['base'], base)
+    if changed:
+      history.append(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S'),
+                          changes={k: list(v) for k, v in changed.items()}))
     listed = old['members']
   by_name = {m['name']: m for m in listed}
   for m in members:
@@ -243,7 +244,8 @@ def write_plan(workdir: str, base: ml_collections.ConfigDict,
       listed.append(dict(name=m.name, overrides=overrides))
       by_name[m.name] = listed[-1]
   os.makedirs(workdir, exist_ok=True)
-  write_json_atomically(path, dict(definition=definition, members=listed))
+  write_json_atomically(path, dict(definition=definition, members=listed,
+                                   **({'history': history} if history else {})))
 
 
 def write_json_atomically(path: str, data: Any) -> None:

@@ -262,6 +262,13 @@ def _step_dirs(directory: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir/checkpoints/` holds a saved step (read from the
+  listing only; nothing is opened or created)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and bool(_step_dirs(directory))
+
+
 def load_arrays(workdir: str, step: int | None = None
                 ) -> tuple[int, dict[str, Any]]:
   """Reads a checkpoint's arrays as numpy, for analysis.
