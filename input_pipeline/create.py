@@ -189,17 +189,23 @@ def _load(input_config: Any, split: str, subset_field: str
       manual_dir=_field(input_config, 'manual_dir'),
       download=bool(_field(input_config, 'download')))
   image_size = int(_field(input_config, 'image_size') or 0)
-  images, labels = datasets.load_split(
-      name, split, subset=int(_field(input_config, subset_field) or 0),
-      image_size=image_size, **common)
-  info = get_input_info(input_config)
+  subset = int(_field(input_config, subset_field) or 0)
   classes, per_class = _class_subset(input_config)
-  if classes or per_class:
+  selecting = bool(classes or per_class)
+  # Classes first, then the first `subset` of what they keep: a test_subset
+  # of 500 evaluates 500 examples of the chosen classes.
+  images, labels = datasets.load_split(
+      name, split, subset=0 if selecting else subset, image_size=image_size,
+      **common)
+  info = get_input_info(input_config)
+  if selecting:
     images, labels = class_subset.select(
         images, labels, classes, per_class if split == 'train' else 0)
     if not len(labels):
       raise errors.InputConfigError(
           f'config.input.classes={classes} selects no {split} examples.')
+    if subset:
+      images, labels = images[:subset], labels[:subset]
   return images, labels, info
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+import input_pipeline
+
 from cnn.common import errors
 from cnn.models import base
 from cnn.training import checkpoint, train
@@ -52,6 +54,16 @@ def test_class_subset_relabels_in_order_and_keeps_first_per_class():
   np.testing.assert_array_equal(y, [0, 1, 0, 1])
   with pytest.raises(InputConfigError, match='distinct class ids'):
     class_subset.check((3, 3), 0, 10)
+
+
+def test_test_subset_counts_examples_of_the_chosen_classes():
+  # Classes first, then the first N of what they keep (was: 50 of the
+  # split, of which only a fifth were of these classes).
+  batches = list(input_pipeline.create_eval_batches(
+      tiny_config(**{'input.dataset': 'digits', 'input.image_size': 28,
+                     'input.classes': (0, 1), 'input.test_subset': 50}
+                  ).input, batch_size=64))
+  assert sum(int(b['mask'].sum()) for b in batches) == 50
 
 
 # ------------------------------------------------------------------ regimes
