@@ -116,7 +116,7 @@ def read_records(path: str) -> list[dict]:
           records.append(json.loads(line))
         except json.JSONDecodeError:
           break  # a line being written
-  return records
+  return [r for r in records if r.get('kind', 'eval') == 'eval']
 
 
 def split_times(records: list[dict], target_index: int, batch_size: int

@@ -312,6 +312,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_results(tmp_path):
   assert rerun.returncode == 0, rerun.stderr
   assert os.path.getmtime(first_result) == mtime  # not rerun
   assert _error_columns(split) == _error_columns(whole)
+  # The resumed member's wall time counts both of its segments.
+  with open(os.path.join(split, 'activationrelu-seed1',
+                         sweep.SEGMENTS_FILE)) as f:
+    segments = [json.loads(line)['seconds'] for line in f]
+  assert len(segments) == 2
+  resumed = sweep.read_result(os.path.join(split, 'activationrelu-seed1'))
+  assert resumed['wall_time_s'] == pytest.approx(sum(segments))
 
 
 def test_bad_sweep_fails_before_any_member_runs(tmp_path):
@@ -338,4 +345,20 @@ def test_one_member_through_the_submitit_local_executor(tmp_path):
   results = run_main([f'--config={config}', f'--workdir={workdir}',
                       '--mode=results'])
   assert results.returncode == 0, results.stderr
-  assert os.path.exists(os.path.join(workdir, 'results.csv'))
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    (row,) = list(csv.DictReader(f))
+  # The sweep's axes are columns; the training error says what it is.
+  assert row['model.activation'] == 'relu' and row['seed'] == '4'
+  assert row['train_error_kind'] == 'eval_mode'
+  assert len(row['final_test_error'].split('.')[1]) <= 5
+  # A member is probed (or inspected) by name; without one, the names.
+  probe = run_main([f'--config={config}', f'--workdir={workdir}',
+                    '--mode=probe', '--member=activationrelu-seed4',
+                    '--probe_shots=5', '--probe_layers=pre_logits'])
+  assert probe.returncode == 0, probe.stderr
+  assert os.path.exists(os.path.join(workdir, 'activationrelu-seed4',
+                                     'probe', 'probe.csv'))
+  missing = run_main([f'--config={config}', f'--workdir={workdir}',
+                      '--mode=inspect'])
+  assert missing.returncode == 2
+  assert "--member=NAME, one of ['activationrelu-seed4']" in missing.stderr

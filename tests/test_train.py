@@ -154,3 +154,23 @@ def test_schedule_values_at_known_steps(name):
   got = {step: float(fn(step)) for step in expected}
   np.testing.assert_allclose(list(got.values()), list(expected.values()),
                              rtol=1e-5, atol=1e-12, err_msg=str(got))
+
+
+def test_training_loss_is_logged_between_evaluations(tmp_path):
+  # runlocal: 16 steps an epoch, evaluation every epoch; a line every 4.
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(
+      log_every_steps=4, num_epochs=1.0,
+      **{'optimizer.learning_rate': 4e-5, 'schedule.name': 'constant'}),
+      workdir)
+  logged = read_metrics(workdir, kind='train')
+  assert [r['step'] for r in logged] == [4, 8, 12]
+  assert all(np.isfinite(r['train_loss'])
+             and r['learning_rate'] == pytest.approx(4e-5)
+             for r in logged)
+  assert [r['step'] for r in read_metrics(workdir)] == [16]
+  assert [r['step'] for r in read_metrics(workdir, kind='all')] == [
+      4, 8, 12, 16]
+  # The console keeps significant digits of a small learning rate.
+  assert train._significant(read_metrics(workdir)[-1])['learning_rate'] == (
+      4e-05)

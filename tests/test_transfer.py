@@ -302,6 +302,38 @@ def test_copy_groups_loads_only_the_first_groups(source_workdir):
                                 backbone(fresh)['c3_conv']['kernel'])
 
 
+def test_transfer_says_what_it_did_and_refuses_a_random_frozen_layer(
+    source_workdir):
+  def start(**fields):
+    config = _target(source_workdir, **fields)
+    fresh = jax.device_get(train.create_model(config, 3).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))
+    labels = regimes.param_labels(
+        fresh['params'], regimes.regime_rules(config.transfer, LENET_GROUPS))
+    return config, fresh, labels
+
+  config, fresh, labels = start(**{'transfer.regime': 'feature_extraction'})
+  reasons = [(pretrained.HEAD_REGEX, 'new head: 5 -> 3 classes')]
+  rows = pretrained.transfer_table(fresh, reasons, labels)
+  by_module = {r['module']: r for r in rows}
+  assert by_module['head'] == dict(
+      module='head', params=84 * 3 + 3, training='lr_x1',
+      origin='re-initialised: new head: 5 -> 3 classes')
+  assert by_module['backbone/c1_conv'] == dict(
+      module='backbone/c1_conv', params=5 * 5 * 6, training='frozen',
+      origin='loaded')
+  assert 'backbone/c1_conv' in pretrained.format_table(rows)
+  pretrained.load_pretrained(config, fresh, LENET_GROUPS, labels=labels)
+  # A re-initialised first conv under feature_extraction would stay random.
+  config, fresh, labels = start(**{
+      'transfer.regime': 'feature_extraction',
+      'init_dont_load': ('(params|batch_stats)/backbone/c1_.*',)})
+  with pytest.raises(errors.UserError,
+                     match=r"\['backbone/c1_bn', 'backbone/c1_conv'\] are "
+                           're-initialised and frozen'):
+    pretrained.load_pretrained(config, fresh, LENET_GROUPS, labels=labels)
+
+
 @pytest.mark.parametrize('init_from, message', [
     ('/nonexistent/run', 'does not exist'),
     ('WORKDIR/config.json', 'must be a PyTorch state_dict'),

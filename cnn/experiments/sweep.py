@@ -341,6 +341,20 @@ def _member_lock(workdir: str, name: str) -> Iterator[bool]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+SEGMENTS_FILE = 'segments.jsonl'
+
+
+def _add_segment(member_dir: str, seconds: float) -> float:
+  """Appends a training segment's wall time to the member's
+  `segments.jsonl`; returns the total over its segments so far."""
+  os.makedirs(member_dir, exist_ok=True)
+  path = os.path.join(member_dir, SEGMENTS_FILE)
+  with open(path, 'a') as f:
+    f.write(json.dumps(dict(seconds=seconds)) + '\n')
+  with open(path) as f:
+    return sum(json.loads(line)['seconds'] for line in f if line.strip())
+
+
 def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
                        workdir: str) -> str:
   from cnn.training import train  # pylint: disable=g-import-not-at-top
@@ -359,10 +373,13 @@ def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
     record.update(status='failed', error=f'{type(e).__name__}: {e}')
   else:
     if result.status == 'preempted':
+      _add_segment(member_dir, time.time() - start)
       return 'preempted'
     record.update(status='completed', step=result.step,
                   final_metrics=result.metrics)
-  record.update(wall_time_s=time.time() - start, **provenance())
+  # Every segment of a resumed member counts (a SIGKILLed one cannot say).
+  record.update(wall_time_s=_add_segment(member_dir, time.time() - start),
+                **provenance())
   os.makedirs(member_dir, exist_ok=True)
   write_json_atomically(os.path.join(member_dir, RESULT_FILE), record)
   return record['status']

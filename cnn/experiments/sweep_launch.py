@@ -89,3 +89,25 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
     print(sweep_results.format_groups(data['groups']))
   print(sweep.summary_line(outcome, members, workdir))
   return outcome.exit_code
+
+
+def member_run(config, module, *, workdir: str, member: str | None,
+               mode: str):
+  """(member config, member workdir) for a mode that reads one trained run
+  (`--mode=inspect`, `--mode=probe`) of a sweep config.
+
+  Raises:
+    errors.UserError: no --member, or one the sweep does not have.
+  """
+  # pylint: disable=g-import-not-at-top
+  from cnn.common import errors
+  from cnn.experiments import sweep
+  members = sweep.members_of(module.get_sweep(),
+                             getattr(module, 'member_name', sweep.member_name))
+  if not member:
+    raise errors.UserError(
+        f'--mode={mode} reads one trained run: pass --member=NAME, one of '
+        f'{[m.name for m in members]}.')
+  chosen = sweep.select(members, member)
+  return (sweep.member_config(config, chosen),
+          os.path.join(workdir, chosen.name))

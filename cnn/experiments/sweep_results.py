@@ -23,13 +23,26 @@ from typing import Any, Sequence
 import numpy as np
 
 from cnn.experiments import sweep
+from cnn.training import metrics as metrics_lib
 
 COLUMNS = (
     'member', 'status', 'model_name', 'depth', 'residual', 'kernel_layout',
     'params', 'conv_params', 'macs', 'receptive_field', 'seed', 'epochs',
-    'final_train_error', 'best_train_error', 'final_test_error',
-    'best_test_error', 'wall_time_s', 'examples_per_sec', 'git_commit',
-    'jax', 'flax', 'devices', 'error')
+    'train_error_kind', 'final_train_error', 'best_train_error',
+    'final_test_error', 'best_test_error', 'wall_time_s', 'examples_per_sec',
+    'git_commit', 'jax', 'flax', 'devices', 'error')
+# Between 'seed' and 'epochs': the sweep's own axes (every overridden field
+# but model_name and seed), by their dotted names (`axis_columns`).
+AXES_AFTER = 'seed'
+
+# What `final_train_error` / `best_train_error` measure: with
+# `eval_on_train`, the training images in eval mode (no augmentation, no
+# dropout); else the running mean over the training batches since the
+# previous evaluation (train mode, augmented).
+TRAIN_ERROR_KINDS = {True: 'eval_mode', False: 'running_batches'}
+
+# Decimal places kept in results.csv / results.json.
+ROUNDING = {'error': 5, 'wall_time_s': 1, 'examples_per_sec': 1, 'epochs': 3}
 
 # Averaged over seeds by `group_over_seeds`.
 METRICS = ('final_train_error', 'best_train_error', 'final_test_error',
@@ -37,17 +50,41 @@ METRICS = ('final_train_error', 'best_train_error', 'final_test_error',
 
 
 def read_metrics(member_dir: str) -> list[dict[str, Any]]:
-  """The records of `metrics.jsonl` (a half-written last line is ignored)."""
-  path = os.path.join(member_dir, 'metrics.jsonl')
-  records = []
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          break
-  return records
+  """The evaluation records of `metrics.jsonl` (a half-written last line is
+  ignored)."""
+  return metrics_lib.read_metrics(member_dir)
+
+
+def axis_columns(plan_members: Sequence[dict[str, Any]]) -> list[str]:
+  """The dotted fields a sweep varies or fixes (its override keys, in order
+  of first appearance), but model_name and seed, which have their columns:
+  a reader filters rows by them instead of parsing member names."""
+  seen = dict.fromkeys(k for m in plan_members for k in m['overrides'])
+  return [k for k in seen if k not in ('model_name', 'seed')]
+
+
+def _dotted(config: dict[str, Any], field: str) -> Any:
+  for part in field.split('.'):
+    if not isinstance(config, dict) or part not in config:
+      return ''
+    config = config[part]
+  return json.dumps(config) if isinstance(config, (list, dict)) else config
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+  """Floats to what they mean (`ROUNDING`): errors to 5 places, seconds and
+  images/s to one."""
+  out = dict(row)
+  for key, value in row.items():
+    if not isinstance(value, float) or math.isnan(value):
+      continue
+    if key in ROUNDING:
+      out[key] = round(value, ROUNDING[key])
+    elif '_error' in key:
+      out[key] = round(value, ROUNDING['error'])
+    elif key.startswith(('wall_time_s', 'examples_per_sec')):
+      out[key] = round(value, 1)
+  return out
 
 
 def train_errors(records: Sequence[dict[str, Any]]) -> list[float]:
@@ -91,11 +128,13 @@ def _input_shape(config: dict[str, Any]) -> tuple[tuple[int, int, int], int]:
   return tuple(info.image_shape), info.num_classes
 
 
-def member_row(workdir: str, name: str) -> dict[str, Any]:
-  """One row of `COLUMNS` for member `name` (status 'missing' if it never
-  started, 'running' if it started but has no result)."""
+def member_row(workdir: str, name: str, axes: Sequence[str] = ()
+               ) -> dict[str, Any]:
+  """One row of `COLUMNS` (and of the sweep's `axes`) for member `name`
+  (status 'missing' if it never started, 'running' if it started but has no
+  result)."""
   member_dir = os.path.join(workdir, name)
-  row: dict[str, Any] = {c: '' for c in COLUMNS}
+  row: dict[str, Any] = {c: '' for c in (*COLUMNS, *axes)}
   result = sweep.read_result(member_dir) or {}
   row.update(member=name, status=result.get('status', 'missing'),
              error=result.get('error', ''))
@@ -112,6 +151,10 @@ def member_row(workdir: str, name: str) -> dict[str, Any]:
              error=result.get('error', ''))
   for key in ('git_commit', 'jax', 'flax', 'wall_time_s'):
     row[key] = result.get(key, '')
+  for field in axes:
+    row[field] = _dotted(config, field)
+  row['train_error_kind'] = TRAIN_ERROR_KINDS[bool(config.get(
+      'eval_on_train', False))]
   row['devices'] = ' '.join(result.get('devices', []))
   shape, num_classes = _input_shape(config)
   row.update(_model_facts(config['model_name'],
@@ -132,8 +175,8 @@ def collect(workdir: str) -> list[dict[str, Any]]:
   """A row per member listed in `workdir/sweep.json`, in sweep order."""
   with open(os.path.join(workdir, sweep.PLAN_FILE)) as f:
     plan = json.load(f)
-  return [member_row(workdir, m['name'])
-          for m in plan['members']]
+  axes = axis_columns(plan['members'])
+  return [member_row(workdir, m['name'], axes) for m in plan['members']]
 
 
 def group_name(overrides: dict[str, Any]) -> str:
@@ -159,7 +202,8 @@ def group_over_seeds(workdir: str, rows: Sequence[dict[str, Any]]
     first = next((r for r in members if r['model_name']), members[0])
     group = dict(group=key, n=len(done), n_planned=len(members))
     for c in ('model_name', 'depth', 'residual', 'kernel_layout', 'params',
-              'conv_params', 'macs', 'receptive_field'):
+              'conv_params', 'macs', 'receptive_field', 'train_error_kind',
+              *[c for c in first if c not in COLUMNS]):  # the sweep's axes.
       group[c] = first[c]
     for metric in METRICS:
       values = np.array([r[metric] for r in done if r[metric] != ''], float)
@@ -176,9 +220,13 @@ def write(workdir: str) -> dict[str, Any]:
   over seeds, missing and failed members) into `workdir`; returns the JSON
   data."""
   rows = collect(workdir)
-  groups = group_over_seeds(workdir, rows)
+  groups = [_rounded(g) for g in group_over_seeds(workdir, rows)]
+  rows = [_rounded(r) for r in rows]
+  axes = [c for c in rows[0] if c not in COLUMNS] if rows else []
+  at = COLUMNS.index(AXES_AFTER) + 1
+  columns = [*COLUMNS[:at], *axes, *COLUMNS[at:]]
   with open(os.path.join(workdir, 'results.csv.tmp'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
   os.replace(os.path.join(workdir, 'results.csv.tmp'),

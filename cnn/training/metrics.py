@@ -17,7 +17,8 @@ from absl import logging
 
 
 class MetricWriter:
-  """Appends one JSON object per evaluation; mirrors scalars to TensorBoard."""
+  """Appends one JSON object per evaluation and per training-log step
+  (`kind: "train"`); mirrors scalars to TensorBoard."""
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
     self.path = os.path.join(workdir, 'metrics.jsonl')
@@ -50,7 +51,8 @@ class MetricWriter:
       f.write(json.dumps(record) + '\n')
     if self._tb is not None:
       for key, value in record.items():
-        if isinstance(value, (int, float)) and key != 'step':
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and key != 'step'):
           self._tb.add_scalar(key, value, record['step'])
       self._tb.flush()
 
@@ -59,13 +61,38 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """All records of `workdir/metrics.jsonl` (for notebooks and tests)."""
+def is_evaluation(record: dict[str, Any]) -> bool:
+  """An evaluation line (test metrics), not a training-log line."""
+  return record.get('kind', 'eval') == 'eval'
+
+
+def read_metrics(workdir: str, *, kind: str = 'eval'
+                 ) -> list[dict[str, Any]]:
+  """Records of `workdir/metrics.jsonl` (for notebooks, analysis, tests).
+
+  Args:
+    workdir: a training workdir.
+    kind: 'eval' (one line per evaluation: test and train metrics), 'train'
+      (one line every `log_every_steps` between evaluations: `train_loss`,
+      `train_accuracy` over the steps since the previous line, learning
+      rate) or 'all' (both, in step order).
+
+  A half-written last line (a killed run) is ignored.
+  """
+  if kind not in ('eval', 'train', 'all'):
+    raise ValueError(f"kind must be 'eval', 'train' or 'all', got {kind!r}.")
   path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          break
+  if kind == 'all':
+    return records
+  return [r for r in records if is_evaluation(r) == (kind == 'eval')]
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

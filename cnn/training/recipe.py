@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 
 from cnn.common import errors
+from cnn.training import experiment_identity
 
 CONFIG_FILE = 'config.json'
 ORIGINAL_CONFIG_FILE = 'config.original.json'
@@ -98,6 +99,15 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> str:
   return '; '.join(f'{f}: {a!r} -> {b!r}' for f, (a, b) in changes.items())
 
 
+def _is_identity(field: str) -> bool:
+  """A field of `experiment_identity.IDENTITY_FIELDS` (or inside one)."""
+  if field.startswith('model.') and field.split('.', 1)[1] in (
+      experiment_identity.IMPLEMENTATION_OPTIONS):
+    return False
+  return any(field == f or field.startswith(f + '.')
+             for f in experiment_identity.IDENTITY_FIELDS)
+
+
 def read_config(workdir: str) -> dict | None:
   """The workdir's `config.json` as a dict, or None when there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -123,7 +133,13 @@ def check_rerun(config: ml_collections.ConfigDict, workdir: str,
   if old is None or not has_trained:
     return
   changes = recipe_changes(old, config)
-  if not changes or config.get('accept_recipe_change', False):
+  identity = {f: v for f, v in changes.items() if _is_identity(f)}
+  if identity:  # other arrays: no opt-in can continue these checkpoints.
+    raise RecipeChangeError(
+        f'{workdir} holds a different experiment ({describe(identity)}). '
+        'Nothing was changed. Use a new --workdir, or delete '
+        f'{os.path.join(workdir, "checkpoints")} to start this one afresh.')
+  if not changes or config.accept_recipe_change:
     return
   raise RecipeChangeError(
       f'{workdir} was trained with another {what}: {describe(changes)}. '

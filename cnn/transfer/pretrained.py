@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from cnn.common import errors
 from cnn.training import checkpoint as checkpoint_lib
@@ -127,20 +128,88 @@ def merge(loaded: dict[str, Any], fresh: dict[str, Any],
   return jax.tree_util.tree_map_with_path(pick, fresh)
 
 
-def load_pretrained(config, fresh: dict[str, Any], groups: list[str]
-                    ) -> dict[str, Any]:
+def load_pretrained(config, fresh: dict[str, Any], groups: list[str],
+                    labels: Any = None) -> dict[str, Any]:
   """The variables to start `config`'s run from: `fresh` (numpy or device
   arrays, {'params', 'batch_stats'}) merged with `config.init_from`;
   `groups`: the backbone's parameter groups in application order
-  (`base.backbone_groups`, for `config.transfer.copy_groups`)."""
+  (`base.backbone_groups`, for `config.transfer.copy_groups`); `labels`:
+  each parameter's training rule (`regimes.param_labels`), for the table
+  of what was done (logged) and the check that nothing re-initialised is
+  frozen."""
   num_classes = fresh['params']['head']['bias'].shape[0]
   loaded = _source_variables(config.init_from, config.model_name,
                              num_classes)
   loaded = {'params': loaded['params'],
             'batch_stats': loaded.get('batch_stats') or {}}
-  dont_load = list(config.init_dont_load)
+  reasons = [(r, 'init_dont_load') for r in config.init_dont_load]
   head = loaded['params'].get('head', {})
   if head.get('bias') is not None and np.shape(head['bias'])[0] != num_classes:
-    dont_load.append(HEAD_REGEX)  # another class count: a new head.
-  dont_load += _copy_groups_regexes(groups, config.transfer.copy_groups)
-  return merge(loaded, fresh, dont_load)
+    reasons.append((HEAD_REGEX, f'new head: {np.shape(head["bias"])[0]} -> '
+                                f'{num_classes} classes'))
+  copy_groups = config.transfer.copy_groups
+  reasons += [(r, f'copy_groups={copy_groups}')
+              for r in _copy_groups_regexes(groups, copy_groups)]
+  merged = merge(loaded, fresh, [r for r, _ in reasons])
+  if labels is not None:
+    rows = transfer_table(fresh, reasons, labels)
+    check_no_frozen_fresh(rows, config.init_from)
+    logging.info('Transfer from %s:\n%s', config.init_from, format_table(rows))
+  return merged
+
+
+def _module(name: str) -> str:
+  """'params/backbone/stage1_block0/conv1/kernel' -> 'backbone/stage1_block0',
+  'params/head/kernel' -> 'head'."""
+  parts = name.split('/')[1:-1]  # no collection, no leaf name.
+  return '/'.join(parts[:2])
+
+
+def transfer_table(fresh: dict[str, Any], reasons: list[tuple[str, str]],
+                   labels: Any) -> list[dict[str, Any]]:
+  """What `init_from` did to each top module's parameters.
+
+  Args:
+    fresh: the model's variables ({'params', 'batch_stats'}).
+    reasons: (regex over 'params/...' names, why) of what is not loaded.
+    labels: `regimes.param_labels(fresh['params'], rules)`.
+
+  Returns:
+    One dict per (module, origin, training) in forward order: `module`,
+    `params` (count), `origin` ('loaded' or 're-initialised: <why>'),
+    `training` ('frozen' or 'lr_x<multiplier>').
+  """
+  compiled = [(re.compile(r), why) for r, why in reasons]
+  names = regimes.path_names(fresh['params'])
+  rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+  for name, leaf, label in zip(names, jax.tree.leaves(fresh['params']),
+                               jax.tree.leaves(labels), strict=True):
+    full = f'params/{name}'
+    why = next((w for r, w in compiled if r.fullmatch(full)), None)
+    origin = 'loaded' if why is None else f're-initialised: {why}'
+    key = (_module(full), origin, label)
+    row = rows.setdefault(key, dict(module=key[0], params=0, origin=origin,
+                                    training=label))
+    row['params'] += int(np.prod(np.shape(leaf)))
+  return list(rows.values())
+
+
+def check_no_frozen_fresh(rows: list[dict[str, Any]], init_from: str) -> None:
+  """A re-initialised parameter that is also frozen would stay random: an
+  error naming the modules, not a silently random frozen layer."""
+  bad = [r['module'] for r in rows
+         if r['origin'] != 'loaded' and r['training'] == 'frozen']
+  if bad:
+    raise errors.UserError(
+        f'init_from={init_from!r}: {bad} are re-initialised and frozen, so '
+        'they would stay random; train them (config.transfer.regime or '
+        'rules) or load them (config.init_dont_load, copy_groups).')
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """The table logged at start: module, parameters, origin, training."""
+  width = max([len(r['module']) for r in rows] + [6])
+  lines = [f'{"module":<{width}}  {"params":>10}  {"training":<10}  origin']
+  lines += [f'{r["module"]:<{width}}  {r["params"]:>10,}  '
+            f'{r["training"]:<10}  {r["origin"]}' for r in rows]
+  return '\n'.join(lines)

@@ -79,6 +79,24 @@ def init_variables(model, config, image_shape) -> dict:
       jnp.zeros((1, *image_shape), jnp.float32), train=False))(init_key)
 
 
+def _test_images(input_config, num_test: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """The first `num_test` test images (normalised, float32 [N, H, W, C]) and
+  labels, through the eval batches every pipeline serves: in memory, class
+  subsets and streamed folders alike."""
+  images, labels, count = [], [], 0
+  for batch in input_pipeline.create_eval_batches(
+      input_config, batch_size=min(num_test, 256)):
+    keep = np.asarray(batch['mask'], bool)
+    images.append(np.asarray(batch['image'], np.float32)[keep])
+    labels.append(np.asarray(batch['label'])[keep])
+    count += int(keep.sum())
+    if count >= num_test:
+      break
+  return (np.concatenate(images)[:num_test],
+          np.concatenate(labels)[:num_test])
+
+
 def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
              num_test: int = 1000) -> Run:
   """Loads `workdir` (see the module docstring).
@@ -94,20 +112,16 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
   step, arrays = checkpoint.load_variables(workdir)
   config = load_config(workdir, config)
   inp = config.input
-  info = input_pipeline.get_dataset_info(
-      inp.dataset, data_dir=inp.data_dir, manual_dir=inp.manual_dir,
-      download=inp.download, image_size=inp.image_size)
+  info = input_pipeline.get_input_info(inp)  # class subsets, streams.
   model = train.create_model(config, info.num_classes)
   variables = {'params': jax.tree.map(jnp.asarray, arrays['params'])}
   if arrays.get('batch_stats'):
     variables['batch_stats'] = jax.tree.map(jnp.asarray,
                                             arrays['batch_stats'])
-  raw, labels = input_pipeline.load_split(
-      inp.dataset, 'test', data_dir=inp.data_dir, manual_dir=inp.manual_dir,
-      download=inp.download, subset=num_test, image_size=inp.image_size)
-  display = input_pipeline.to_unit_float(np.asarray(raw))
-  images = np.asarray(input_pipeline.normalize(display, info.mean, info.std),
-                      np.float32)
+  images, labels = _test_images(inp, num_test)
+  mean = np.asarray(info.mean, np.float32)
+  std = np.asarray(info.std, np.float32)
+  display = np.clip(images * std + mean, 0.0, 1.0)
   return Run(config=config, workdir=workdir, step=int(step), model=model,
              variables=variables,
              init_variables=init_variables(model, config, info.image_shape),
