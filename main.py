@@ -20,7 +20,9 @@ finds them itself.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -44,7 +46,8 @@ flags.DEFINE_enum('mode', 'train', MODES,
                   'linear probes of every layer of a trained workdir into '
                   'WORKDIR/probe/.')
 flags.DEFINE_string('member', None,
-                    'Sweep configs: run only this member (by name).')
+                    'Sweep configs: run only this member (by name); with '
+                    '--mode=inspect or probe, the member to read.')
 flags.DEFINE_bool('json', False, 'summary mode: machine-readable output.')
 flags.DEFINE_string(
     'compilation_cache_dir',
@@ -71,11 +74,26 @@ def _initialize_distributed() -> None:
 
 
 class _QuietLibraries:
-  """Drops INFO lines of orbax (dozens per checkpoint) from the absl log."""
+  """Drops INFO lines of orbax (dozens per checkpoint) from the absl log, and
+  JAX's INFO "Unable to initialize backend 'tpu'" (logged for the backends
+  JAX only tries, on every machine without one; which backends JAX uses is
+  unchanged, and a backend asked for by name still fails loudly)."""
 
   def filter(self, record) -> bool:
     # record.levelno is a standard-library level (WARNING = 30).
-    return record.levelno >= 30 or '/orbax/' not in record.pathname
+    return record.levelno >= 30 or not (
+        '/orbax/' in record.pathname
+        or str(record.msg).startswith('Unable to initialize backend'))
+
+
+def _stopped_before_training(signum, frame) -> None:
+  """SIGTERM/SIGINT before the trainer takes them over (it saves a
+  checkpoint first): nothing to save yet, so stop as preempted (status 3)."""
+  del frame
+  print(f'Stopped by {signal.Signals(signum).name} before training started; '
+        'nothing was lost. Run the same command again to continue.',
+        file=sys.stderr, flush=True)
+  sys.exit(3)
 
 
 def _sweep_definition():
@@ -94,10 +112,12 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. '
                          '--config=configs/default.py')
-  # TensorFlow is imported only by the tf.data path, which hides every
-  # accelerator from it (input_pipeline/lazy_tf.py); here it is only kept quiet.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  if FLAGS.mode == 'train':  # exit status 3 = preempted, rerun to continue.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, _stopped_before_training)
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  # Before JAX initialises its backends.
+  std_logging.getLogger('jax._src.xla_bridge').addFilter(_QuietLibraries())
   _initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.compilation_cache_dir:
@@ -123,12 +143,17 @@ def main(argv):
   from cnn.common import errors  # pylint: disable=g-import-not-at-top
   from cnn.training import train  # pylint: disable=g-import-not-at-top
   try:
-    if FLAGS.mode == 'inspect':
-      from cnn.visualize import run  # pylint: disable=g-import-not-at-top
-      run.write_all(config, FLAGS.workdir)
-      return
-    if FLAGS.mode == 'probe':
-      probe_mode.run(config, FLAGS.workdir)
+    if FLAGS.mode in ('inspect', 'probe'):
+      workdir = FLAGS.workdir
+      if sweep_module is not None:  # one member of a sweep: --member=NAME.
+        config, workdir = sweep_launch.member_run(
+            config, sweep_module, workdir=workdir, member=FLAGS.member,
+            mode=FLAGS.mode)
+      if FLAGS.mode == 'probe':
+        probe_mode.run(config, workdir)
+      else:
+        from cnn.visualize import run  # pylint: disable=g-import-not-at-top
+        run.write_all(config, workdir)
       return
     if sweep_module is not None:
       sys.exit(sweep_launch.run(config, sweep_name, sweep_module,
@@ -138,10 +163,11 @@ def main(argv):
   except (errors.UserError, input_pipeline.DatasetError,
           input_pipeline.InputConfigError) as e:
     # Mistakes a user can make (names, sizes, data, workdir) come as
-    # ValueErrors with the fix in the message: show it, not a traceback.
-    logging.error('%s: %s', type(e).__name__, e)
+    # ValueErrors with the fix in the message: show it (once), no traceback.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  if result.status == 'preempted':
+    sys.exit(3)  # rerun to continue; as a preempted sweep (train.py said so).
   logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
 
 
@@ -195,6 +221,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
+  # TensorFlow is imported only by the tf.data path, which hides every
+  # accelerator from it (input_pipeline/lazy_tf.py); here it is only kept
+  # quiet. Set before the flags are parsed: a config file may import JAX,
+  # and a value set after JAX's C++ libraries load no longer reaches
+  # TensorFlow's log.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   # Before JAX starts its threads (cnn/training/host_memory.py): `import cnn` itself
   # changes no process setting.
   from cnn.training import host_memory  # pylint: disable=g-import-not-at-top

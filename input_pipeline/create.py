@@ -22,7 +22,8 @@ Input config fields (ml_collections.ConfigDict or dict):
   examples, 0 = all), image_size (0 = native, else square resize),
   manual_dir (tfds manual_dir), download (let tfds download names that are
   not local), streaming ('auto'|'always'|'never'), stream_threshold_bytes,
-  preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample, classes
+  preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample,
+  skip_bad_images (folders: leave out files that do not decode), classes
   (class ids kept and relabelled 0..k-1; () = all) and per_class (first N
   training examples of each kept class; 0 = all; `class_subset`). Every
   field must be present (`configs/default.py` lists them all; a dict made
@@ -122,7 +123,8 @@ def _stream_kwargs(input_config: Any) -> dict[str, Any]:
   return dict(image_size=int(_field(input_config, 'image_size') or 0),
               preprocess_name=_field(input_config, 'preprocess'),
               stats_sample=int(_field(input_config,
-                                                'stats_sample')))
+                                                'stats_sample')),
+              skip_bad=bool(_field(input_config, 'skip_bad_images')))
 
 
 def get_dataset_info(name: str, *, data_dir: str | None = None,
@@ -176,6 +178,7 @@ def _open_stream(input_config: Any, split: str, subset_field: str):
       _field(input_config, 'dataset'), split,
       subset=int(_field(input_config, subset_field) or 0),
       shuffle_buffer=int(_field(input_config, 'shuffle_buffer')),
+      skip_bad=bool(_field(input_config, 'skip_bad_images')),
       **_common(input_config))
 
 

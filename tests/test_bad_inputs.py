@@ -52,7 +52,11 @@ def fails_cleanly(trained_workdir):
     err = result.stderr
     assert result.returncode != 0, err[-3000:]
     assert 'Traceback' not in err, err[-5000:]
-    assert re.search(r'^error: \S', err, re.MULTILINE), err[-3000:]
+    # One `error:` line, not echoed by an absl E line; no TPU probe noise.
+    errors = re.findall(r'^error: \S', err, re.MULTILINE)
+    assert len(errors) == 1, err[-3000:]
+    assert not re.search(r'^E\d{4} ', err, re.MULTILINE), err[-3000:]
+    assert 'Unable to initialize backend' not in err
     assert file_digests(trained_workdir) == before, 'the workdir changed'
     return err
 
@@ -125,9 +129,19 @@ def test_truncated_idx_file(fails_cleanly, tmp_path):
 
 
 def test_input_too_small_for_lenet5(fails_cleanly):
-  err = fails_cleanly('--config.input.image_size=8')
+  err = fails_cleanly('--config.input.dataset=digits')  # 8x8 images.
   assert "Input 8x8 is too small for model 'lenet5'" in err
   assert 'at least 16x16' in err
+  # The fix that works, not another name for the same model.
+  assert 'with --config.input.image_size=28.' in err
+  assert 'variant' not in err
+
+
+@pytest.mark.parametrize('dtype', ['banana', 'float16'])
+def test_dtype_other_than_the_documented_ones(fails_cleanly, dtype):
+  err = fails_cleanly(f'--config.dtype={dtype}')
+  assert (f"config.dtype must be one of ('float32', 'bfloat16'), got "
+          f"'{dtype}'") in err
 
 
 def test_input_too_small_for_a_small_image_model(fails_cleanly):
@@ -146,8 +160,8 @@ def test_batch_not_divisible_by_the_device_count(fails_cleanly):
 def test_workdir_of_another_experiment_is_refused(fails_cleanly,
                                                    trained_workdir):
   err = fails_cleanly('--config.model.activation=tanh')
-  assert 'holds checkpoints of a different experiment' in err
-  assert "checkpoint has {'activation': 'relu'" in err
+  assert 'holds a different experiment' in err
+  assert "model.activation: 'relu' -> 'tanh'" in err
   assert 'Nothing was changed' in err and 'new --workdir' in err
   assert trained_workdir in err
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -148,7 +149,7 @@ def test_sigterm_and_sigint_save_and_the_rerun_resumes(tmp_path):
   wait_for_checkpoint(proc, workdir)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == 3, err[-3000:]  # preempted: rerun to continue.
   term_step = _stopped_at(err, 'SIGTERM')
   assert 0 < term_step < 320
   # Saved at the very step it stopped, and finished writing before exit.
@@ -159,7 +160,7 @@ def test_sigterm_and_sigint_save_and_the_rerun_resumes(tmp_path):
   wait_for_checkpoint(proc, workdir, after=term_step)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == 3, err[-3000:]
   assert f'Resumed from the checkpoint at step {term_step}.' in err
   int_step = _stopped_at(err, 'SIGINT')
   assert term_step < int_step < 320
@@ -170,6 +171,50 @@ def test_sigterm_and_sigint_save_and_the_rerun_resumes(tmp_path):
   assert f'Resumed from the checkpoint at step {int_step}.' in final.stderr
   assert 'completed at step 320' in final.stderr
   assert [r['step'] for r in read_metrics(workdir)] == [320]
+
+
+def test_sigterm_before_training_exits_3_with_one_line(tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = popen_main(main_args(workdir))
+  for line in proc.stderr:  # JAX is up: set-up (imports, data) follows.
+    if 'local devices' in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 3, err[-3000:]
+  assert 'Stopped by SIGTERM before training started' in err, err[-3000:]
+  assert 'again to continue' in err and 'Traceback' not in err
+  assert not checkpoint_steps(workdir)
+
+
+@pytest.mark.parametrize('when', ['reading data', 'writing the workdir'])
+def test_signal_during_set_up_stops_it_as_preempted(tmp_path, monkeypatch,
+                                                    caplog, when):
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip('signal handlers need the main thread')
+  # The signal arrives inside set-up: while the data are read (stops at
+  # once, nothing written) or after the workdir is first written (stops
+  # before the first step, nothing saved).
+  module, name = ((train.input_pipeline, 'get_input_info')
+                  if when == 'reading data' else
+                  (train.metrics_lib, 'MetricWriter'))
+  original = getattr(module, name)
+
+  def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(module, name, signalled)
+  workdir = str(tmp_path / 'run')
+  before = signal.getsignal(signal.SIGTERM)
+  with caplog.at_level('WARNING'):
+    result = train.train_and_evaluate(tiny_config(), workdir)
+  assert (result.status, result.step) == (
+      'preempted', -1 if when == 'reading data' else 0)
+  assert 'Stopped by SIGTERM before training started' in caplog.text
+  assert signal.getsignal(signal.SIGTERM) is before
+  assert os.path.exists(workdir) == (when != 'reading data')
+  assert not checkpoint_steps(workdir)
 
 
 # ---------------------------------------------------- damaged checkpoints

@@ -9,13 +9,14 @@ back from the batches.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import input_pipeline as ip
-from cnn.training import steps
+from cnn.training import steps, train
 from cnn.training.metrics import read_metrics
 from tests import helpers
 
@@ -86,8 +87,8 @@ def _input_config(dataset, **overrides):
                 eval_batch_size=10, train_subset=0, test_subset=0,
                 image_size=0, augment=augment, streaming='always',
                 stream_threshold_bytes=2**30, preprocess='resize',
-                shuffle_buffer=16, stats_sample=10_000, classes=(),
-                per_class=0)
+                shuffle_buffer=16, stats_sample=10_000,
+                skip_bad_images=False, classes=(), per_class=0)
   config.update(overrides)
   return config
 
@@ -239,13 +240,23 @@ def test_top5_counted_exactly_on_hand_made_logits():
   assert float(few['top5_count']) == 0.0  # <= 5 classes: not reported.
 
 
-def test_folder_trains_end_to_end_through_main(image_folder, tmp_path):
+def test_folder_trains_end_to_end_through_main(tmp_path):
+  # With one undecodable file in each split, left out and counted.
+  root = _write_folder(tmp_path / 'data', 12, 4)
+  bad = [os.path.join(root, 'train', 'cat', '005.png'),
+         os.path.join(root, 'test', 'owl', '002.png')]
+  for path in bad:
+    _truncate(path)
   workdir = tmp_path / 'run'
   out = helpers.run_main(helpers.main_args(workdir, {
-      'input.dataset': f'folder:{image_folder}', 'input.image_size': 28}))
+      'input.dataset': f'folder:{root}', 'input.image_size': 28,
+      'input.skip_bad_images': True}))
   assert out.returncode == 0, out.stderr[-3000:]
+  assert (f'Skipping 2 undecodable image file(s) of {root} '
+          f'(config.input.skip_bad_images): {bad[0]}, {bad[1]}'
+          in out.stderr), out.stderr[-3000:]
   records = read_metrics(str(workdir))
-  assert records[-1]['test_count'] == 12
+  assert records[-1]['test_count'] == 11
   assert 'test_top5_accuracy' not in records[-1]  # 3 classes.
 
 
@@ -282,21 +293,84 @@ def test_bad_inputs_each_get_a_one_line_error(tmp_path, tfds_dir):
   folder.scan.cache_clear()
 
 
+def _truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(20)
+
+
 def test_truncated_image_is_named(tmp_path):
   root = _write_folder(tmp_path / 'bad', 4, 1)
   bad = os.path.join(root, 'train', 'dog', '001.png')
-  with open(bad, 'r+b') as f:
-    f.truncate(20)
-  # Found while measuring mean/std (the sample holds every file) ...
-  config = _input_config(f'folder:{root}', image_size=8, batch_size=12)
+  _truncate(bad)
+  # Found up front, though the mean/std sample leaves it out ...
+  config = _input_config(f'folder:{root}', image_size=8, batch_size=12,
+                         stats_sample=1)
   with pytest.raises(ip.DatasetError, match='dog/001.png') as e:
     ip.create_train_source(config, seed=0)
-  assert '\n' not in str(e.value)
-  # ... or while streaming an epoch (the sample left it out).
-  source = ip.create_train_source(dict(config, stats_sample=1), seed=0)
-  with pytest.raises(ip.DatasetError, match='dog/001.png') as e:
+  assert '\n' not in str(e.value) and 'skip_bad_images=True' in str(e.value)
+  # ... and a file that breaks after that check, where an epoch meets it.
+  root = _write_folder(tmp_path / 'changes', 4, 1)
+  config = _input_config(f'folder:{root}', image_size=8, batch_size=12)
+  source = ip.create_train_source(config, seed=0)
+  _truncate(os.path.join(root, 'train', 'owl', '002.png'))
+  with pytest.raises(ip.DatasetError, match='owl/002.png') as e:
     _take(source.iterator(), 1)
-  assert '\n' not in str(e.value)
+  assert '\n' not in str(e.value) and 'resumes' in str(e.value)
+  _truncate(os.path.join(root, 'test', 'owl', '000.jpg'))
+  with pytest.raises(ip.DatasetError, match='test/owl/000.jpg'):
+    list(ip.create_eval_batches(config, batch_size=2))
+
+
+def test_corrupt_test_image_is_one_error_line_before_anything(tmp_path):
+  root = _write_folder(tmp_path / 'data', 4, 2)
+  bad = os.path.join(root, 'test', 'dog', '001.png')
+  _truncate(bad)
+  out = helpers.run_main(helpers.main_args(tmp_path / 'run', {
+      'input.dataset': f'folder:{root}', 'input.image_size': 16,
+      'input.batch_size': 4, 'num_train_steps': 3}))
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines()
+            if line.startswith('error:')]
+  assert len(errors) == 1 and bad in errors[0], out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+  assert not re.search(r'^E\d{4} ', out.stderr, re.MULTILINE)  # no echo.
+  assert not (tmp_path / 'run').exists()
+
+
+def test_corrupt_train_image_is_refused_before_any_checkpoint(tmp_path):
+  root = _write_folder(tmp_path / 'data', 4, 2)
+  _truncate(os.path.join(root, 'train', 'cat', '003.png'))
+  config = helpers.tiny_config(**{
+      'input.dataset': f'folder:{root}', 'input.image_size': 16,
+      'input.batch_size': 4, 'input.stats_sample': 1, 'num_train_steps': 2})
+  workdir = str(tmp_path / 'run')
+  # Outside the mean/std sample, still refused before anything is written.
+  with pytest.raises(ip.DatasetError, match='cat/003.png'):
+    train.train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir)
+
+
+def test_file_broken_mid_run_stops_keeping_the_checkpoint(tmp_path,
+                                                          monkeypatch):
+  root = _write_folder(tmp_path / 'data', 4, 2)
+  bad = os.path.join(root, 'train', 'dog', '002.png')
+  config = helpers.tiny_config(**{
+      'input.dataset': f'folder:{root}', 'input.image_size': 16,
+      'input.batch_size': 4, 'num_epochs': 2.0})  # 3 steps an epoch.
+  save = train.checkpoint_lib.Checkpointer.save
+
+  def save_then_break_a_file(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    _truncate(bad)  # epoch 2 reads it again.
+
+  monkeypatch.setattr(train.checkpoint_lib.Checkpointer, 'save',
+                      save_then_break_a_file)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(ip.DatasetError, match='dog/002.png') as e:
+    train.train_and_evaluate(config, workdir)
+  assert '\n' not in str(e.value) and 'resumes' in str(e.value)
+  step, _ = train.checkpoint_lib.load_arrays(workdir)
+  assert step == 3
 
 
 def test_recipe_configs_match_their_papers():

@@ -52,6 +52,12 @@ LOCK_DIR = '.locks'
 RESULT_FILE = 'result.json'
 
 
+# The repository root (cnn/experiments/sweep.py is two levels down): git
+# provenance and the directory cluster jobs start in.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
 class SweepError(errors.UserError):
   """A sweep definition or workdir that cannot be run as given."""
 
@@ -189,6 +195,11 @@ def select(members: Sequence[Member], name: str) -> Member:
                    f'{[m.name for m in members]}.')
 
 
+def select_all(members: Sequence[Member], names: str) -> list[Member]:
+  """The members of a comma list of names ('a' or 'a,b,c'), in that order."""
+  return [select(members, n.strip()) for n in names.split(',') if n.strip()]
+
+
 # --------------------------------------------------------------------- plan
 
 
@@ -270,13 +281,12 @@ def provenance() -> dict[str, Any]:
   """Git commit, library versions and devices of this process."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     commit = subprocess.run(
-        ['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True,
+        ['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
         text=True, timeout=10, check=True).stdout.strip()
     dirty = bool(subprocess.run(
-        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=repo,
+        ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
         capture_output=True, text=True, timeout=10).stdout.strip())
   except (OSError, subprocess.SubprocessError):
     commit, dirty = None, None
@@ -385,23 +395,122 @@ def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
   return record['status']
 
 
+def pack_groups(members: Sequence[Member],
+                configs: Sequence[ml_collections.ConfigDict], pack: int
+                ) -> list[list[int]]:
+  """Indices of the members that train together, at most `pack` a group.
+
+  Members whose configs differ only in what keeps the compiled program's
+  shapes (`cnn.training.packed.packing_key`: the seed) share a group, in
+  order of first appearance; `pack=1` gives one member a group, in sweep
+  order (today's behaviour).
+  """
+  if pack < 1:
+    raise SweepError(f'--pack must be >= 1, got {pack}.')
+  if pack == 1:
+    return [[i] for i in range(len(members))]
+  from cnn.training import packed  # pylint: disable=g-import-not-at-top
+  by_key: dict[str, list[int]] = {}
+  for i, config in enumerate(configs):
+    by_key.setdefault(packed.packing_key(config), []).append(i)
+  return [indices[j:j + pack] for indices in by_key.values()
+          for j in range(0, len(indices), pack)]
+
+
+def run_group(configs: Sequence[ml_collections.ConfigDict],
+              members: Sequence[Member], workdir: str) -> dict[str, str]:
+  """Trains `members` (one program's worth, `pack_groups`) and returns
+  {name: status} as `run_member` would for each.
+
+  More than one unfinished member: they train packed, in one compiled step
+  over stacked states (`cnn.training.packed`), each writing exactly the
+  files it would write alone. A group that cannot be packed (members at
+  different steps after a kill) or that fails (a NaN in one member) falls
+  back to its members one by one, which resume from their checkpoints: a
+  failure stays the failing member's own.
+  """
+  statuses: dict[str, str] = {}
+  with contextlib.ExitStack() as stack:
+    todo = []
+    for config, member in zip(configs, members, strict=True):
+      if not stack.enter_context(_member_lock(workdir, member.name)):
+        statuses[member.name] = 'busy'
+      elif (read_result(os.path.join(workdir, member.name)) or {}).get(
+          'status') == 'completed':
+        statuses[member.name] = 'skipped'
+      else:
+        todo.append((config, member))
+    if len(todo) > 1:
+      packed_statuses = _run_packed(todo, workdir)
+      if packed_statuses is not None:
+        return {**statuses, **packed_statuses}
+    for config, member in todo:
+      statuses[member.name] = _run_locked_member(config, member, workdir)
+      if statuses[member.name] == 'preempted':
+        break
+  return statuses
+
+
+def _run_packed(todo, workdir: str) -> dict[str, str] | None:
+  """Statuses of a packed run of `todo` [(config, member)], or None when
+  it must run member by member (see `run_group`)."""
+  # pylint: disable=g-import-not-at-top
+  from cnn.training import packed, train
+  names = [m.name for _, m in todo]
+  start = time.time()
+  try:
+    results = train.train_and_evaluate_packed(
+        [c for c, _ in todo], [os.path.join(workdir, n) for n in names])
+  except packed.PackingError as e:
+    logging.info('Members %s run one by one: %s', names, e)
+    return None
+  except Exception:  # pylint: disable=broad-except
+    logging.warning('Packed members %s failed; each runs alone (from its '
+                    'checkpoint) so a failure is its own:\n%s', names,
+                    traceback.format_exc())
+    return None
+  # Amortised: a member's share of the group's time.
+  seconds = (time.time() - start) / len(todo)
+  statuses = {}
+  for (_, member), result in zip(todo, results, strict=True):
+    member_dir = os.path.join(workdir, member.name)
+    if result.status == 'preempted':
+      _add_segment(member_dir, seconds)
+      statuses[member.name] = 'preempted'
+      continue
+    record = dict(name=member.name, overrides=member.overrides,
+                  status='completed', step=result.step,
+                  final_metrics=result.metrics, packed_with=names,
+                  wall_time_s=_add_segment(member_dir, seconds),
+                  **provenance())
+    write_json_atomically(os.path.join(member_dir, RESULT_FILE), record)
+    statuses[member.name] = 'completed'
+  return statuses
+
+
 def run_local(base: ml_collections.ConfigDict, members: Sequence[Member],
-              workdir: str) -> SweepOutcome:
-  """Runs every unfinished member in this process, one after the other
-  (members with equal shapes share compiled steps; data is loaded once)."""
+              workdir: str, pack: int = 1) -> SweepOutcome:
+  """Runs every unfinished member in this process: `pack` (or fewer) of the
+  members that differ only in their seed at a time, in one compiled step
+  (`pack_groups`); with pack=1 one after the other (members with equal
+  shapes still share compiled steps; data is loaded once)."""
   configs = [member_config(base, m) for m in members]  # all fail first.
   outcome = SweepOutcome()
-  for member, config in zip(members, configs, strict=True):
-    logging.info('Sweep member %s: %s', member.name, member.overrides)
-    status = run_member(config, member, workdir)
-    if status == 'preempted':
-      outcome.preempted = member.name
+  for group in pack_groups(members, configs, pack):
+    for m in (members[i] for i in group):
+      logging.info('Sweep member %s: %s', m.name, m.overrides)
+    statuses = run_group([configs[i] for i in group],
+                         [members[i] for i in group], workdir)
+    for name, status in statuses.items():
+      if status == 'preempted':
+        outcome.preempted = outcome.preempted or name
+      elif status == 'failed':
+        outcome.failed[name] = read_result(
+            os.path.join(workdir, name))['error']
+      else:
+        getattr(outcome, status).append(name)
+    if outcome.preempted:
       break
-    if status == 'failed':
-      outcome.failed[member.name] = read_result(
-          os.path.join(workdir, member.name))['error']
-    else:
-      getattr(outcome, status).append(member.name)
   return outcome
 
 
@@ -412,20 +521,26 @@ def unfinished(members: Sequence[Member], workdir: str) -> list[Member]:
 
 
 def submit(members: Sequence[Member], workdir: str, command: list[str],
-           executor: Any) -> list[Any]:
+           executor: Any, groups: Sequence[Sequence[int]] | None = None
+           ) -> list[Any]:
   """Hands unfinished members to a submitit executor: one job (an array
-  task on SLURM) per member, each running `command + ['--member=NAME']`
-  (`python main.py` with the same flags) from the repository root.
+  task on SLURM) per group of `groups` (indices into `members`, from
+  `pack_groups`; default one member a job), each running `command +
+  ['--member=NAME[,NAME...]']` (`python main.py` with the same flags, so
+  the same --pack) from the repository root.
 
   Returns the submitit jobs.
   """
-  todo = unfinished(members, workdir)
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  commands = [[*command, f'--member={m.name}'] for m in todo]
+  todo = {m.name for m in unfinished(members, workdir)}
+  groups = groups if groups is not None else [[i] for i in range(len(members))]
+  names = [[members[i].name for i in g if members[i].name in todo]
+           for g in groups]
+  names = [n for n in names if n]
+  commands = [[*command, f'--member={",".join(n)}'] for n in names]
   with executor.batch():
-    jobs = [executor.submit(_run_command, c, repo) for c in commands]
-  for m, job in zip(todo, jobs, strict=True):
-    logging.info('Sweep member %s: job %s', m.name, job.job_id)
+    jobs = [executor.submit(_run_command, c, REPO) for c in commands]
+  for n, job in zip(names, jobs, strict=True):
+    logging.info('Sweep member(s) %s: job %s', n, job.job_id)
   return jobs
 
 

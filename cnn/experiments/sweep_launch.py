@@ -29,6 +29,12 @@ flags.DEFINE_integer('slurm_gpus_per_node', 0,
                      '--launcher=slurm: GPUs of each member job.')
 flags.DEFINE_integer('slurm_array_parallelism', 64,
                      '--launcher=slurm: member jobs running at once.')
+flags.DEFINE_integer('pack', None,
+                     'Sweep configs: train at most this many members that '
+                     'differ only in their seed together, in one compiled '
+                     'step (1 = one after the other). Default: the config '
+                     "file's PACK (what it was measured to pay), else 1. "
+                     'Under --launcher=slurm, one array task per group.')
 
 FLAGS = flags.FLAGS
 
@@ -59,7 +65,8 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
       `member_name(overrides)`).
     workdir: the sweep's directory; members train into `workdir/<name>/`.
     mode: 'train' or 'results' (only write results.csv/json).
-    member: run only this member (what a cluster task does), or None.
+    member: run only this member, or a comma list of members (what a
+      cluster task does), or None.
   """
   # pylint: disable=g-import-not-at-top
   from cnn.experiments import sweep, sweep_results
@@ -71,19 +78,23 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
     print(sweep_results.format_groups(sweep_results.write(workdir)['groups']))
     return 0
   sweep.write_plan(workdir, config, sweep_name, members)
+  pack = FLAGS.pack if FLAGS.pack is not None else getattr(module, 'PACK', 1)
   if member:
-    members = [sweep.select(members, member)]
+    members = sweep.select_all(members, member)
   if FLAGS.launcher != 'local' and not member:
     command = [sys.executable, os.path.abspath(sys.argv[0])] + [
-        a for a in sys.argv[1:] if not a.startswith('--launcher')]
-    jobs = sweep.submit(members, workdir, command, _executor(workdir))
-    print(f'Submitted {len(jobs)} member jobs; rerun with --mode=results '
-          'when they are done.')
+        a for a in sys.argv[1:] if not a.startswith(('--launcher', '--pack'))
+    ] + [f'--pack={pack}']
+    groups = sweep.pack_groups(
+        members, [sweep.member_config(config, m) for m in members], pack)
+    jobs = sweep.submit(members, workdir, command, _executor(workdir), groups)
+    print(f'Submitted {len(jobs)} jobs for {len(members)} members; rerun '
+          'with --mode=results when they are done.')
     if FLAGS.launcher == 'submitit_local':
       for job in jobs:
         job.result()
     return 0
-  outcome = sweep.run_local(config, members, workdir)
+  outcome = sweep.run_local(config, members, workdir, pack=pack)
   if not member:
     data = sweep_results.write(workdir)
     print(sweep_results.format_groups(data['groups']))

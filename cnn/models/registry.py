@@ -147,9 +147,16 @@ def check_input_shape(name: str, input_shape) -> None:
   spec = get_spec(name)
   h, w = input_shape[:2]
   if min(h, w) < spec.min_input_size:
+    # Variants of the family that take this size as it is (not `name`).
+    fitting = [n for n in list_models(name.split('_')[0] + '*')
+               if n != name and get_spec(n).min_input_size <= min(h, w)]
+    variant = ''
+    if fitting:
+      variant = ', or train a variant made for small images: ' + ' or '.join(
+          f'--config=configs/zoo.py:{n}' for n in fitting)
     raise errors.UserError(
         f'Input {h}x{w} is too small for model {name!r}: it needs at least '
         f'{spec.min_input_size}x{spec.min_input_size} (its natural input is '
-        f'{spec.input_shape[0]}x{spec.input_shape[1]}). Choose a small-image '
-        f'variant ({", ".join(list_models(name.split("_")[0] + "*"))}) or '
-        'resize the input (config.input.image_size).')
+        f'{spec.input_shape[0]}x{spec.input_shape[1]}). Resize the images '
+        f'to its natural size with --config.input.image_size='
+        f'{spec.input_shape[0]}{variant}.')

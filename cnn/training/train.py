@@ -23,7 +23,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +38,14 @@ from cnn.kernels import forms
 from cnn.models import base, registry
 from cnn.training import checkpoint as checkpoint_lib
 from cnn.training import metrics as metrics_lib
-from cnn.training import optim, sharding, steps
+from cnn.training import optim, packed, recipe, sharding, steps
 from cnn.transfer import cached_features, regimes
 from cnn.transfer import pretrained as transfer_pretrained
 
 # Test sets up to this size (float32 bytes) stay on the devices between evals.
 _EVAL_CACHE_BYTES = 1 << 30
+# Compute dtypes a run may use (`config.dtype`).
+DTYPES = ('float32', 'bfloat16')
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -54,8 +56,11 @@ class NonFiniteLossError(errors.UserError, FloatingPointError):
 class RunResult:
   """What `train_and_evaluate` returns.
 
-  status: 'completed' or 'preempted'.
-  step: the last step trained (and checkpointed).
+  status: 'completed' or 'preempted' (stopped by SIGTERM/SIGINT; rerun to
+    continue; `main.py` exits with status 3).
+  step: the last step trained (and checkpointed); for a run stopped before
+    training, the step it would have started from (-1 when that was not
+    known yet).
   metrics: the last evaluation record (also the last line of metrics.jsonl).
   """
 
@@ -295,6 +300,7 @@ class _Run:
   """Everything one `train_and_evaluate` call works with."""
 
   config: ml_collections.ConfigDict
+  workdir: str
   mesh: Any
   source: input_pipeline.TrainSource
   eval_sets: dict[str, Callable]  # metrics prefix -> batches
@@ -340,9 +346,11 @@ def _load_data(config: ml_collections.ConfigDict, mesh):
   return source, eval_sets, info
 
 
-def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+def _set_up(config: ml_collections.ConfigDict, workdir: str,
+            stop: _StopRequest | None = None) -> _Run:
   """Data, program, state (restored from the workdir's latest checkpoint if
-  it has one), metric writer and checkpointer."""
+  it has one), metric writer and checkpointer. A `stop` signal ends it at
+  once until the workdir is first written, then waits for the loop."""
   start_time = time.time()
   mesh = sharding.create_mesh()
   source, eval_sets, info = _load_data(config, mesh)
@@ -358,11 +366,18 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   state = program.init(jax.random.PRNGKey(config.seed))
   pretrained = None
   if _uses_init_from(config):  # checked even on resume: fails before writing.
+    fresh = jax.device_get({'params': state.params,
+                            'batch_stats': state.batch_stats})
     pretrained = transfer_pretrained.load_pretrained(
-        config, jax.device_get({'params': state.params,
-                                'batch_stats': state.batch_stats}),
-        program.groups)
-  os.makedirs(workdir, exist_ok=True)  # only once the inputs are known good.
+        config, fresh, program.groups,
+        labels=_param_labels(config, fresh, program.groups))
+  # Inputs are known good (their errors come first); a changed recipe is
+  # refused before anything is written.
+  recipe.check_rerun(config, workdir,
+                     has_trained=checkpoint_lib.has_checkpoint(workdir))
+  if stop is not None:
+    stop.defer()  # from here on set-up writes the workdir.
+  os.makedirs(workdir, exist_ok=True)
 
   checkpointer = checkpoint_lib.Checkpointer(workdir,
                                              keep=config.keep_checkpoints)
@@ -382,10 +397,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
                         'batch_stats': state.batch_stats}, source)
   writer.truncate_after(int(jax.device_get(state.step)))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    recipe.record(config, workdir, int(jax.device_get(state.step)))
   return _Run(
-      config=config, mesh=mesh, source=source, eval_sets=eval_sets,
+      config=config, workdir=workdir, mesh=mesh, source=source,
+      eval_sets=eval_sets,
       program=program, state=state, total_steps=total_steps,
       eval_every=max(1, int(round(config.eval_every_epochs * spe))),
       checkpointer=checkpointer, writer=writer,
@@ -396,12 +411,29 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 # ---------------------------------------------------------------------- loop
 
 
+class _StoppedInSetUp(BaseException):
+  """A signal came during set-up, before the workdir was written. Not an
+  Exception (as KeyboardInterrupt is not): no `except Exception` on its way
+  (data loading, a sweep's member runner) may record it as a failure."""
+
+
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps.
+
+  In a one-process run, until `defer()` (set-up about to write the workdir),
+  the signal raises `_StoppedInSetUp` at once instead: nothing can be lost
+  yet, and a preempted job need not wait for data loading or compilation.
+  """
 
   def __init__(self):
     self.signal_name = None
     self._previous = {}
+    # Several processes must stop together: they agree in the loop.
+    self._interrupt = jax.process_count() == 1
+
+  def defer(self) -> None:
+    """From now on a signal only sets the flag."""
+    self._interrupt = False
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -414,6 +446,8 @@ class _StopRequest:
     if self.signal_name is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt  # a second Ctrl-C stops at once.
     self.signal_name = signal.Signals(signum).name
+    if self._interrupt:
+      raise _StoppedInSetUp(self.signal_name)
     logging.warning('%s received: saving a checkpoint, then stopping.',
                     self.signal_name)
 
@@ -499,56 +533,159 @@ def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
   return record
 
 
+def _significant(record: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+  """Floats to `digits` significant digits for the console (a learning rate
+  of 4e-5 stays 4e-05, not 0.0)."""
+  return {k: float(f'{v:.{digits}g}') if isinstance(v, float) else v
+          for k, v in record.items()}
+
+
+def _training_log_record(run: _Run, state, step: int, sums: dict[str, float],
+                         previous: dict[str, float],
+                         images_per_sec: float) -> dict[str, Any]:
+  """The metrics.jsonl line (`kind: "train"`) of a log step between
+  evaluations: training loss and accuracy over the steps since the previous
+  line (`sums` minus `previous`, running sums since the last evaluation)."""
+  window = {k: v - previous.get(k, 0.0) for k, v in sums.items()}
+  return dict(
+      kind='train', step=step, epoch=step / run.steps_per_epoch,
+      train_loss=_mean(window, 'loss_sum', 'loss_count'),
+      train_accuracy=_mean(window, 'correct_sum'),
+      learning_rate=float(run.program.learning_rate(step - 1)) * float(
+          optim.plateau_scale(state.opt_state)),
+      examples_per_sec=images_per_sec,
+      wall_time_s=time.time() - run.start_time)
+
+
 def _new_train_metrics(mesh):
   # Placed like the step's outputs, so the second call hits the same
   # compiled executable as the first.
   return jax.device_put(steps.empty_train_metrics(), sharding.replicated(mesh))
 
 
-def _train_loop(run: _Run, stop: _StopRequest, bar) -> tuple[str, int]:
-  """Trains from `run.state` to `run.total_steps`; returns (status, step)."""
-  config, state, step = run.config, run.state, run.start_step
-  inputs = run.source.step_inputs(step)
-  metrics = _new_train_metrics(run.mesh)
+class _Members:
+  """The runs one loop trains: one, or several packed into one step.
+
+  One run keeps its own state and metrics (the plain path, unchanged); K
+  packed runs have them stacked along a leading member axis and advance in
+  one `packed.packed_step` (cnn/training/packed.py). `states` and `sums`
+  give each run its own view at log, evaluation and checkpoint steps.
+  """
+
+  def __init__(self, runs: Sequence[_Run], step: int):
+    self.runs = list(runs)
+    program = runs[0].program
+    inputs = [r.source.step_inputs(step) for r in runs]
+    if len(runs) == 1:
+      self.state = runs[0].state
+      self.inputs = inputs[0]
+      self.step_fn = program.train_step
+      return
+    firsts = [next(i) for i in inputs]
+    in_axes = packed.shared_leaves(firsts)
+    self.state = packed.stack([r.state for r in runs])
+    self.inputs = _stacked_inputs(firsts, inputs, in_axes)
+    self.step_fn = packed.packed_step(program.train_step, in_axes)
+
+  def new_metrics(self):
+    metrics = _new_train_metrics(self.runs[0].mesh)
+    if len(self.runs) == 1:
+      return metrics
+    return packed.stack([metrics] * len(self.runs))
+
+  def states(self) -> list[Any]:
+    if len(self.runs) == 1:
+      return [self.state]
+    return packed.unstack(self.state, len(self.runs))
+
+  def sums(self, metrics) -> list[dict[str, float]]:
+    """Each run's running sums (the only host sync of a step)."""
+    if len(self.runs) == 1:
+      return [_fetch(metrics)]
+    host = jax.device_get(metrics)
+    return [{k: float(v[i]) for k, v in host.items()}
+            for i in range(len(self.runs))]
+
+
+def _stacked_inputs(firsts, iterators, in_axes):
+  """The packed step's inputs: members' step inputs stacked per step."""
+  yield packed.stack_inputs(firsts, in_axes)
+  while True:
+    yield packed.stack_inputs([next(i) for i in iterators], in_axes)
+
+
+def _train_loop(runs: Sequence[_Run], stop: _StopRequest, bar
+                ) -> tuple[str, int]:
+  """Trains `runs` (one, or several packed: same program, same start step)
+  from their states to `total_steps`; returns (status, step)."""
+  run0 = runs[0]
+  config, step = run0.config, run0.start_step
+  members = _Members(runs, step)
+  state = members.state
+  metrics = members.new_metrics()
   throughput = _Throughput(step, config.input.batch_size)
   # Saving is collective: the processes of a multi-process run must stop at
   # the same step, so they agree on a signal at boundaries all of them reach
   # (one process alone may have got it, or got it a step later).
   stop_any_step = jax.process_count() == 1
-  while step < run.total_steps:
-    state, metrics = run.program.train_step(state, metrics, next(inputs))
+  if stop_any_step and stop.signal_name:  # came while set-up wrote files.
+    return 'preempted', step
+  # Each run's sums at its last training-log line since an evaluation.
+  logged_sums = [{} for _ in runs]
+  while step < run0.total_steps:
+    state, metrics = members.step_fn(state, metrics, next(members.inputs))
     step += 1
     bar.update(1)
     if throughput.compile_time_s is None:
       throughput.first_step_done(state, step)
-    is_eval = step % run.eval_every == 0 or step == run.total_steps
+    is_eval = step % run0.eval_every == 0 or step == run0.total_steps
     is_ckpt = step % config.checkpoint_every_steps == 0
-    if not (is_eval or is_ckpt or step % config.log_every_steps == 0
+    is_log = step % config.log_every_steps == 0
+    if not (is_eval or is_ckpt or is_log
             or (stop_any_step and stop.signal_name)):
       continue
     # Read once: a signal arriving later in this step must not skip the
     # save below and still end the run.
     stopping = _any_process(stop.signal_name is not None)
-    sums = _fetch(metrics)  # the only host sync: at log/eval/ckpt steps.
-    _check_finite(run, sums)
+    members.state = state
+    all_sums = members.sums(metrics)
+    for run, sums in zip(runs, all_sums, strict=True):
+      _check_finite(run, sums)
     images_per_sec = throughput.pause(step)
-    bar.set_postfix(loss=f'{_mean(sums, "loss_sum", "loss_count"):.4f}',
+    bar.set_postfix(loss=f'{_mean(all_sums[0], "loss_sum", "loss_count"):.4f}',
                     img_s=f'{images_per_sec:.0f}')
+    states = members.states()
+    for i, (run, member_state, sums) in enumerate(
+        zip(runs, states, all_sums, strict=True)):
+      if is_eval:
+        run.last_record = _evaluation_record(run, member_state, step, sums,
+                                             throughput)
+        run.writer.write(run.last_record)
+        logging.info('%sstep %d epoch %.2f: %s',
+                     f'{run.workdir}: ' if len(runs) > 1 else '', step,
+                     run.last_record['epoch'],
+                     json.dumps(_significant(run.last_record)))
+        logged_sums[i] = {}
+      elif is_log:
+        run.writer.write(_training_log_record(
+            run, member_state, step, sums, logged_sums[i], images_per_sec))
+        logged_sums[i] = sums
+      if is_eval or is_ckpt or stopping:
+        run.checkpointer.save(member_state, run.meta)
     if is_eval:
-      run.last_record = _evaluation_record(run, state, step, sums,
-                                           throughput)
-      run.writer.write(run.last_record)
-      logging.info('step %d epoch %.2f: %s', step, run.last_record['epoch'],
-                   json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                               for k, v in run.last_record.items()}))
-      metrics = _new_train_metrics(run.mesh)
+      metrics = members.new_metrics()
       throughput.reset()
-    if is_eval or is_ckpt or stopping:
-      run.checkpointer.save(state, run.meta)
     throughput.resume(step)
     if stopping:
       return 'preempted', step
   return 'completed', step
+
+
+def _check_dtype(config: ml_collections.ConfigDict) -> None:
+  if config.dtype not in DTYPES:  # before the workdir is even compared.
+    raise errors.UserError(
+        f'config.dtype must be one of {DTYPES}, got {config.dtype!r}: set '
+        '--config.dtype=float32 or --config.dtype=bfloat16.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -556,24 +693,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Writes `workdir/config.json`, `workdir/metrics.jsonl` (one record per
-  evaluation), TensorBoard events and `workdir/checkpoints/`. Convolutions
-  are computed as `config.conv_impl` says (`cnn.kernels.forms`).
+  evaluation, one per log step between), TensorBoard events and
+  `workdir/checkpoints/`. Convolutions are computed as `config.conv_impl`
+  says (`cnn.kernels.forms`).
   """
-  with forms.use_conv_impl(config.conv_impl):
-    run = _set_up(config, workdir)
-    bar = metrics_lib.progress_bar(run.total_steps, run.start_step,
-                                   config.progress_bar)
-    with _StopRequest() as stop:
+  return _train([config], [workdir])[0]
+
+
+def train_and_evaluate_packed(configs: Sequence[ml_collections.ConfigDict],
+                              workdirs: Sequence[str]) -> list[RunResult]:
+  """Trains runs that differ only in `packed.PACKABLE_FIELDS` (their seeds)
+  together, in one compiled step over their stacked states; each workdir
+  gets exactly the files `train_and_evaluate(config, workdir)` writes.
+
+  Raises:
+    packed.PackingError: the runs cannot share a step (other fields differ,
+      several processes, or their checkpoints are at different steps after
+      a kill); nothing was trained, and each may run alone.
+  """
+  keys = {packed.packing_key(c) for c in configs}
+  if len(keys) > 1:
+    raise packed.PackingError(
+        'packed runs may differ only in '
+        f'{packed.PACKABLE_FIELDS}; these differ in more.')
+  if jax.process_count() > 1:
+    raise packed.PackingError('packed runs need a single process.')
+  return _train(configs, workdirs)
+
+
+def _train(configs: Sequence[ml_collections.ConfigDict],
+           workdirs: Sequence[str]) -> list[RunResult]:
+  """One run, or several packed (`train_and_evaluate_packed`)."""
+  config = configs[0]
+  _check_dtype(config)
+  # SIGTERM/SIGINT from the start: during set-up too (`_StopRequest`).
+  with forms.use_conv_impl(config.conv_impl), _StopRequest() as stop:
+    runs = []
+    try:
+      for c, w in zip(configs, workdirs, strict=True):
+        runs.append(_set_up(c, w, stop))
+    except _StoppedInSetUp:
+      runs = None
+    if runs is not None:
+      stop.defer()
+      _check_packable(runs)
+      start_step = runs[0].start_step
+      bar = metrics_lib.progress_bar(runs[0].total_steps, start_step,
+                                     config.progress_bar)
       try:
-        status, step = _train_loop(run, stop, bar)
+        status, step = _train_loop(runs, stop, bar)
       finally:
         bar.close()
-        run.checkpointer.close()
-        run.writer.close()
+        for run in runs:
+          run.checkpointer.close()
+          run.writer.close()
+  if runs is None or (status == 'preempted' and step == start_step):
+    logging.warning('Stopped by %s before training started; nothing was '
+                    'lost. Run the same command again to continue.',
+                    stop.signal_name)
+    return [RunResult(status='preempted', step=-1 if runs is None else step,
+                      metrics={}) for _ in configs]
   if status == 'preempted':
     logging.warning('Stopped by %s at step %d; the checkpoint is saved. Run '
                     'the same command again to resume.',
                     stop.signal_name or 'a signal to another process', step)
-  last_record = run.last_record or (
-      metrics_lib.read_metrics(workdir) or [{}])[-1]
-  return RunResult(status=status, step=step, metrics=last_record)
+  return [RunResult(status=status, step=step, metrics=run.last_record or (
+      metrics_lib.read_metrics(run.workdir) or [{}])[-1]) for run in runs]
+
+
+def _check_packable(runs: Sequence[_Run]) -> None:
+  """Packed runs share one program and one step count, and start together
+  (members of a killed group may have saved at different steps)."""
+  if len(runs) == 1:
+    return
+  first = runs[0]
+  for run in runs[1:]:
+    if run.program is not first.program or (
+        run.total_steps, run.eval_every) != (first.total_steps,
+                                             first.eval_every):
+      _close(runs)
+      raise packed.PackingError(
+          f'{run.workdir} and {first.workdir} do not compile to one program.')
+    if run.start_step != first.start_step:
+      _close(runs)
+      raise packed.PackingError(
+          f'{run.workdir} resumes at step {run.start_step}, {first.workdir} '
+          f'at {first.start_step}.')
+
+
+def _close(runs: Sequence[_Run]) -> None:
+  for run in runs:
+    run.checkpointer.close()
+    run.writer.close()

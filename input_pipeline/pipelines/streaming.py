@@ -24,6 +24,13 @@ batches are those an uninterrupted run would have seen (folders: a slice of
 the permutation, no reading at all; tfds: the skipped records are read, not
 decoded).
 
+Bad files. Every file of a folder is decoded once before training
+(`checked_listing`, cached per process), so an undecodable one stops the run
+before anything is written, naming it (or, with
+config.input.skip_bad_images, is left out and counted in the log). A file
+that changes on disk afterwards stops the run where it is met, naming it;
+the checkpoints saved before are kept.
+
 Augmentation. preprocess='imagenet': the random-resized crop + flip of each
 example inside the parallel map (the crop's size differs per image);
 preprocess='resize': `config.input.augment` vectorised on whole batches after
@@ -34,12 +41,16 @@ Importing this module imports TensorFlow (GPUs hidden); `__init__` does not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+import re
+import time
 from typing import Any, Iterator
 
 import jax
 import numpy as np
+from absl import logging
 
 from input_pipeline import errors, lazy_tf, preprocess
 from input_pipeline.augment import imagenet_tf as ipp
@@ -262,8 +273,100 @@ def _split_of(builder, split: str, subset: int) -> tuple[str, int]:
   return split, n
 
 
-def _folder_records(name: str, split: str, subset: int) -> FolderRecords:
-  paths, labels = folder.scan(name).files[split]
+# --------------------------------------------------------- folder check
+
+# Undecodable files named in an error or in the log of skipped ones.
+_NAMED_BAD_FILES = 3
+
+
+@functools.lru_cache(maxsize=8)
+def _undecodable(name: str) -> tuple[str, ...]:
+  """Files of `folder:<dir>` (both splits) that cannot be read and decoded.
+
+  Every file goes once through the pipeline's own decoder in a parallel
+  tf.data map (a file that fails is dropped by `ignore_errors`; the missing
+  indices are the bad ones), so a bad file stops a run before anything is
+  written, not when an epoch reaches it. Cached: paid once per process and
+  folder.
+  """
+  listing = folder.scan(name)
+  paths = np.concatenate([listing.files[s][0] for s in folder.SPLITS])
+  channels = _channels(name, None)[2]
+  start = time.time()
+
+  def index_if_decodable(i, path):
+    image = ipp.decode(tf.io.read_file(path), channels)
+    return i, tf.shape(image)[0]
+
+  ds = (tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+        .map(index_if_decodable, num_parallel_calls=AUTOTUNE,
+             deterministic=False)
+        .ignore_errors().batch(4096))
+  good = np.zeros(len(paths), bool)
+  for indices, _ in ds.as_numpy_iterator():
+    good[indices] = True
+  logging.info('Checked the %d images of %s in %.1f s: %d undecodable.',
+               len(paths), listing.root, time.time() - start,
+               int((~good).sum()))
+  return tuple(paths[~good].tolist())
+
+
+def _decode_failure(path: str) -> str:
+  """TF's reason that `path` does not decode, one line (decoded eagerly:
+  only for the few files named in a message)."""
+  try:
+    ipp.decode(tf.io.read_file(path), 3)
+  except tf.errors.OpError as err:
+    lines = (err.message or '').strip().splitlines() or ['']
+    # Eager op errors start with '{{function_node ...}} ' and end with
+    # ' [Op:DecodeImage] ...'.
+    return re.sub(r'^\{\{[^}]*\}\}\s*|\s*\[Op:.*$', '', lines[0])
+  return 'it decodes now: it changed while being checked'
+
+
+@functools.lru_cache(maxsize=8)
+def checked_listing(name: str, skip_bad: bool = False) -> folder.Listing:
+  """`folder.scan(name)` once every file has decoded (`_undecodable`).
+
+  skip_bad (config.input.skip_bad_images): leave undecodable files out,
+  logging their count and the first few names (once per process).
+
+  Raises:
+    DatasetError: a file does not decode (naming the first, with how many
+      more) and `skip_bad` is False; or no decodable file is left in a
+      split.
+  """
+  listing = folder.scan(name)
+  bad = _undecodable(name)
+  if not bad:
+    return listing
+  if not skip_bad:
+    more = f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''
+    raise DatasetError(
+        f'Image folder {listing.root}: {bad[0]} cannot be decoded as an '
+        f'image ({_decode_failure(bad[0])}){more}; replace or delete it, or '
+        'set --config.input.skip_bad_images=True to train without such '
+        'files.')
+  logging.warning(
+      'Skipping %d undecodable image file(s) of %s '
+      '(config.input.skip_bad_images): %s%s', len(bad), listing.root,
+      ', '.join(bad[:_NAMED_BAD_FILES]),
+      ', ...' if len(bad) > _NAMED_BAD_FILES else '')
+  files = {}
+  for split, (paths, labels) in listing.files.items():
+    keep = ~np.isin(paths, bad)
+    if not keep.any():
+      raise DatasetError(
+          f'Image folder {listing.root}: no file of {split}/ can be decoded '
+          'as an image; add images in a format of '
+          f'{"/".join(folder.EXTENSIONS)}.')
+    files[split] = (paths[keep], labels[keep])
+  return dataclasses.replace(listing, files=files)
+
+
+def _folder_records(name: str, split: str, subset: int,
+                    skip_bad: bool) -> FolderRecords:
+  paths, labels = checked_listing(name, skip_bad).files[split]
   if subset and subset < len(paths):
     # A fixed random subset (not the first files: those are one class).
     keep = np.sort(np.random.default_rng(0).permutation(len(paths))[:subset])
@@ -273,12 +376,12 @@ def _folder_records(name: str, split: str, subset: int) -> FolderRecords:
 
 def open_records(name: str, split: str, *, data_dir=None, manual_dir=None,
                  download=False, subset: int = 0,
-                 shuffle_buffer: int = 10_000):
+                 shuffle_buffer: int = 10_000, skip_bad: bool = False):
   """`FolderRecords` or `TfdsRecords` of a split (subset: first N; folders:
-  a fixed random N)."""
+  a fixed random N of the files that decode; `checked_listing`)."""
   datasets.check_split(name, split)
   if folder.is_folder(name):
-    return _folder_records(name, split, subset)
+    return _folder_records(name, split, subset, skip_bad)
   builder = _builder(name, data_dir, manual_dir, bool(download))
   split_name, n = _split_of(builder, split, subset)
   return TfdsRecords(builder, split_name, n, shuffle_buffer)
@@ -326,8 +429,11 @@ def sample_stats(records, *, channels: int, preprocess_name: str,
 @functools.lru_cache(maxsize=16)
 def get_info(name: str, *, data_dir=None, manual_dir=None, download=False,
              image_size: int = 0, preprocess_name: str = 'resize',
-             stats_sample: int = 10_000) -> datasets.DatasetInfo:
-  """`DatasetInfo` of a streamed data set, without a pass over it.
+             stats_sample: int = 10_000, skip_bad: bool = False
+             ) -> datasets.DatasetInfo:
+  """`DatasetInfo` of a streamed data set, without a pass over it (a
+  folder's files are each decoded once, `checked_listing`; `skip_bad`
+  leaves out those that do not decode instead of failing).
 
   mean/std: the ImageNet constants for preprocess='imagenet', else measured
   on at most `stats_sample` training examples.
@@ -338,7 +444,7 @@ def get_info(name: str, *, data_dir=None, manual_dir=None, download=False,
         f'{preprocess_name!r}.')
   if folder.is_folder(name):
     folder.check_image_size(name, image_size)
-    listing = folder.scan(name)
+    listing = checked_listing(name, skip_bad)
     class_names = listing.class_names
     num_train = len(listing.files['train'][0])
     num_test = len(listing.files['test'][0])
@@ -363,7 +469,8 @@ def get_info(name: str, *, data_dir=None, manual_dir=None, download=False,
     mean, std = ipp.IMAGENET_MEAN, ipp.IMAGENET_STD
   else:
     records = open_records(name, 'train', data_dir=data_dir,
-                           manual_dir=manual_dir, download=download)
+                           manual_dir=manual_dir, download=download,
+                           skip_bad=skip_bad)
     mean, std = sample_stats(records, channels=channels,
                              preprocess_name=preprocess_name,
                              image_size=shape[0] if image_size else 0,
@@ -481,7 +588,11 @@ class StreamingSource(source_base.SourceBase):
     lo = step_in_epoch * self.local_batch_size
     what = self._records.describe(**self._read_args(epoch), lo=lo,
                                   hi=lo + self.local_batch_size)
-    return decode_error(f'Data set {self.info.name!r}: {what}', err)
+    error = decode_error(f'Data set {self.info.name!r}: {what}', err)
+    # Mid-run (a file changed since the check at start-up).
+    return DatasetError(f'{error} Training stopped there; the checkpoints '
+                        'saved so far are intact and the same command '
+                        'resumes from the last one.')
 
   def iterator(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of this process from `start_step` on (infinite)."""
@@ -507,6 +618,23 @@ class StreamingSource(source_base.SourceBase):
 
 
 # -------------------------------------------------------------------- eval
+
+
+def _named_errors(batches: Iterator[Any], records, read_args: dict[str, Any],
+                  batch_size: int, name: str) -> Iterator[Any]:
+  """`batches`, with a failed decode as a `DatasetError` naming the file."""
+  done = 0
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as err:
+      what = records.describe(**read_args, lo=done * batch_size,
+                              hi=(done + 1) * batch_size)
+      raise decode_error(f'Data set {name!r}: {what}', err) from None
+    yield batch
+    done += 1
 
 
 def eval_batches(records, *, info: datasets.DatasetInfo, batch_size: int,
@@ -541,12 +669,14 @@ def eval_batches(records, *, info: datasets.DatasetInfo, batch_size: int,
     image = tf.ensure_shape(image, shape)
     return preprocess.normalize(image, mean, std), label
 
-  ds = records.dataset(epoch=0, process_index=process_index,
-                       process_count=process_count, shuffle=False, seed=0)
+  read_args = dict(epoch=0, process_index=process_index,
+                   process_count=process_count, shuffle=False, seed=0)
+  ds = records.dataset(**read_args)
   ds = ds.map(view, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(local).prefetch(AUTOTUNE)
   done = 0
-  for image, label in ds.as_numpy_iterator():
+  for image, label in _named_errors(ds.as_numpy_iterator(), records,
+                                    read_args, local, info.name):
     real = len(label)
     out = {'image': np.zeros((local,) + shape, np.float32),
            'label': np.zeros((local,), np.int32),

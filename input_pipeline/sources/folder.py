@@ -6,8 +6,8 @@ Layout (class names are the sub-directory names, labels their sorted order):
     <dir>/test/<class>/*
 
 Only the file list is read here (no TensorFlow, no pixels); the images are
-decoded by the streaming pipeline (`streaming.py`), so any size of folder
-works. Every mistake in the layout raises a `DatasetError` of one line that
+decoded by the streaming pipeline (`streaming.py`, which decodes every file
+once before training: `checked_listing`), so any size of folder works. Every mistake in the layout raises a `DatasetError` of one line that
 names the fix.
 """
 

@@ -1,0 +1,130 @@
+"""Packed members (cnn/training/packed.py): K seeds in one compiled step
+write what each would write alone, and a killed packed sweep resumes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnn.experiments import sweep
+from cnn.training import checkpoint, packed, train
+from cnn.training.metrics import read_metrics
+from tests.helpers import REPO, run_main, tiny_config
+from tests.test_sweep import _sweep_file
+
+
+def _config(seed: int, **overrides):
+  # 8 steps an epoch; a training-log line every 2, a checkpoint every 4.
+  return tiny_config(**{'input.train_subset': 256, 'input.test_subset': 256,
+                        'num_train_steps': 8, 'log_every_steps': 2,
+                        'checkpoint_every_steps': 4, 'seed': seed,
+                        **overrides})
+
+
+def _close(a, b, rtol=2e-4, atol=2e-5):
+  assert a.keys() == b.keys()
+  for key in a:
+    if key in ('wall_time_s', 'examples_per_sec', 'compile_time_s'):
+      continue
+    if isinstance(a[key], float):
+      assert a[key] == pytest.approx(b[key], rel=rtol, abs=atol), key
+    else:
+      assert a[key] == b[key], key
+
+
+def test_packed_seeds_write_what_each_writes_alone(tmp_path):
+  seeds = (0, 1, 2)
+  alone = [str(tmp_path / f'alone{s}') for s in seeds]
+  together = [str(tmp_path / f'packed{s}') for s in seeds]
+  for s, w in zip(seeds, alone):
+    train.train_and_evaluate(_config(s), w)
+  results = train.train_and_evaluate_packed([_config(s) for s in seeds],
+                                            together)
+  assert [r.status for r in results] == ['completed'] * 3
+  for a, b in zip(alone, together):
+    ra, rb = read_metrics(a, kind='all'), read_metrics(b, kind='all')
+    assert [r['step'] for r in ra] == [r['step'] for r in rb] == [2, 4, 6, 8]
+    for x, y in zip(ra, rb):
+      _close(x, y)
+    assert sorted(os.listdir(os.path.join(a, 'checkpoints'))) == sorted(
+        os.listdir(os.path.join(b, 'checkpoints')))
+    (_, pa), (_, pb) = checkpoint.load_arrays(a), checkpoint.load_arrays(b)
+    flat = lambda p: np.concatenate([np.ravel(v) for v in jax.tree.leaves(p)])
+    for collection in ('params', 'batch_stats'):
+      np.testing.assert_allclose(flat(pa[collection]), flat(pb[collection]),
+                                 rtol=1e-3, atol=1e-5)
+  # The seeds did differ.
+  assert (read_metrics(together[0])[-1]['test_loss']
+          != read_metrics(together[1])[-1]['test_loss'])
+
+
+def test_what_cannot_be_packed_is_refused_before_training(tmp_path):
+  with pytest.raises(packed.PackingError, match='differ only in'):
+    train.train_and_evaluate_packed(
+        [_config(0), _config(1, **{'optimizer.learning_rate': 0.1})],
+        [str(tmp_path / 'a'), str(tmp_path / 'b')])
+  # Members saved at different steps (a kill between their saves).
+  train.train_and_evaluate(_config(0, num_train_steps=4),
+                           str(tmp_path / 'c'))
+  # ... the first resumes at 4 (a longer run extends it), the second at 0.
+  with pytest.raises(packed.PackingError, match='resumes at step 0'):
+    train.train_and_evaluate_packed([_config(0), _config(1)],
+                                    [str(tmp_path / 'c'), str(tmp_path / 'd')])
+
+
+def test_pack_groups_keep_a_program_together():
+  base = _config(0)
+  members = sweep.members_of(sweep.product(
+      sweep.axis('model.activation', ['relu', 'tanh']),
+      sweep.axis('seed', [0, 1, 2])))
+  configs = [sweep.member_config(base, m) for m in members]
+  assert sweep.pack_groups(members, configs, 1) == [[i] for i in range(6)]
+  assert sweep.pack_groups(members, configs, 2) == [[0, 1], [2], [3, 4], [5]]
+  assert sweep.pack_groups(members, configs, 3) == [[0, 1, 2], [3, 4, 5]]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    return {r['member']: r for r in csv.DictReader(f)}
+
+
+def test_killed_packed_sweep_resumes_each_member(tmp_path):
+  config = _sweep_file(tmp_path, epochs=2.0)
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  done = run_main([f'--config={config}', f'--workdir={whole}', '--pack=1'])
+  assert done.returncode == 0, done.stderr
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.Popen(
+      [sys.executable, 'main.py', f'--config={config}',
+       f'--workdir={split}', '--pack=2'], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Both members train at once: stop after their first evaluation.
+  first = os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl')
+  deadline = time.time() + 120
+  while not os.path.exists(first) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(first), 'the packed members never started'
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 3, err
+  for name in ('activationrelu-seed0', 'activationrelu-seed1'):
+    assert sweep.read_result(os.path.join(split, name)) is None
+  rerun = run_main([f'--config={config}', f'--workdir={split}', '--pack=2'])
+  assert rerun.returncode == 0, rerun.stderr
+  a, b = _rows(whole), _rows(split)
+  assert a.keys() == b.keys()
+  for name in a:
+    for key in ('final_train_error', 'final_test_error', 'best_test_error'):
+      assert float(a[name][key]) == pytest.approx(float(b[name][key]),
+                                                  abs=0.01), (name, key)
+    result = sweep.read_result(os.path.join(split, name))
+    assert result['packed_with'] == ['activationrelu-seed0',
+                                     'activationrelu-seed1']
