@@ -97,13 +97,15 @@ def _stopped_before_training(signum, frame) -> None:
 
 
 def _sweep_definition():
-  """(config file name, module) when --config names a sweep config."""
+  """(config file name, module, ARG) when --config=FILE[:ARG] names a sweep
+  config, else Nones; ARG reaches `get_sweep(ARG)` as it reaches
+  `get_config(ARG)` (`:runlocal` shrinks both)."""
   from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
-  path = _config_path(sys.argv)
+  path, arg = _config_flag(sys.argv)
   module = config_utils.load_config_module(path) if path else None
   if module is None or not hasattr(module, 'get_sweep'):
-    return None, None
-  return os.path.splitext(os.path.basename(path))[0], module
+    return None, None, None
+  return os.path.splitext(os.path.basename(path))[0], module, arg or None
 
 
 def main(argv):
@@ -125,7 +127,7 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
   config = FLAGS.config
-  sweep_name, sweep_module = _sweep_definition()
+  sweep_name, sweep_module, sweep_arg = _sweep_definition()
   if FLAGS.mode == 'summary':
     from cnn import summary  # pylint: disable=g-import-not-at-top
     summary.print_summary_for_config(config, as_json=FLAGS.json)
@@ -147,8 +149,8 @@ def main(argv):
       workdir = FLAGS.workdir
       if sweep_module is not None:  # one member of a sweep: --member=NAME.
         config, workdir = sweep_launch.member_run(
-            config, sweep_module, workdir=workdir, member=FLAGS.member,
-            mode=FLAGS.mode)
+            config, sweep_module, sweep_arg, workdir=workdir,
+            member=FLAGS.member, mode=FLAGS.mode)
       if FLAGS.mode == 'probe':
         probe_mode.run(config, workdir)
       else:
@@ -156,7 +158,7 @@ def main(argv):
         run.write_all(config, workdir)
       return
     if sweep_module is not None:
-      sys.exit(sweep_launch.run(config, sweep_name, sweep_module,
+      sys.exit(sweep_launch.run(config, sweep_name, sweep_module, sweep_arg,
                                 workdir=FLAGS.workdir, mode=FLAGS.mode,
                                 member=FLAGS.member))
     result = train.train_and_evaluate(config, FLAGS.workdir)
@@ -171,14 +173,22 @@ def main(argv):
   logging.info('%s at step %d: %s', result.status, result.step, result.metrics)
 
 
-def _config_path(argv: list[str]) -> str | None:
-  """The file of --config=PATH[:ARG] (or --config PATH) in `argv`."""
+def _config_flag(argv: list[str]) -> tuple[str | None, str]:
+  """(PATH, ARG) of --config=PATH[:ARG] (or --config PATH[:ARG]) in `argv`;
+  (None, '') without one."""
   for i, arg in enumerate(argv):
     if arg.startswith('--config='):
-      return arg.split('=', 1)[1].partition(':')[0]
+      path, _, config_arg = arg.split('=', 1)[1].partition(':')
+      return path, config_arg
     if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1].partition(':')[0]
-  return None
+      path, _, config_arg = argv[i + 1].partition(':')
+      return path, config_arg
+  return None, ''
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file of --config=PATH[:ARG] (or --config PATH) in `argv`."""
+  return _config_flag(argv)[0]
 
 
 def _check_config_file(argv: list[str]) -> None:

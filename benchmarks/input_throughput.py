@@ -167,7 +167,8 @@ def stream_child(root: str, image_size: int, batch_size: int,
              augment=input_pipeline.default_augment_config(),
              streaming='always', stream_threshold_bytes=2**30,
              preprocess='imagenet', shuffle_buffer=1000, stats_sample=100,
-             classes=(), per_class=0, skip_bad_images=False)
+             classes=(), per_class=0, skip_bad_images=False,
+             validation_per_class=0, validation_fraction=0.0, sample_seed=-1)
   source = input_pipeline.create_train_source(inp, seed=0,
                                               global_batch_size=batch_size)
   iterator = source.iterator(0)

@@ -2,13 +2,16 @@
 
     python main.py --config=configs/cifar10_resnet20.py \
         --config.input.download=True --workdir=runs/cifar10_resnet20
+    python main.py --config=configs/cifar10_resnet20.py:runlocal \
+        --config.input.download=True --workdir=/tmp/runlocal/cifar10_resnet20
 
 SGD momentum 0.9, learning rate 0.1 divided by 10 at 32k and 48k steps,
 64k steps of batch 128 (about 164 epochs), weight decay 1e-4, 4-pixel
 padded random crops + horizontal flips, no label smoothing. CIFAR-10
 (150 MB decoded) stays in memory (`config.input.streaming='auto'` streams
 only data sets above `stream_threshold_bytes`); it needs tfds' cifar10
-prepared in `data_dir` (or download=True with network).
+prepared in `data_dir` (or download=True with network). `:runlocal` is the
+same recipe in seconds (`default.shrink`: 512 images, 32 steps, width 0.25).
 """
 
 import ml_collections
@@ -17,7 +20,8 @@ from cnn.models import registry
 from configs import default
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  _, runlocal = default.parse_arg(arg, __file__)
   config = default.get_config()
   config.model_name = 'resnet20'
   config.model = ml_collections.ConfigDict(registry.backbone_options(
@@ -41,4 +45,4 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.num_train_steps = 64_000
   config.eval_every_epochs = 5.0
-  return config
+  return default.shrink(config) if runlocal else config

@@ -10,14 +10,69 @@ biases by 44 scale/shift parameters) and reaches >= 91 % test accuracy.
 Other configs start from this one and change a few fields. `:runlocal` is
 the same experiment shrunk to seconds (512 training examples, 2 epochs): the
 tests build from it.
+
+Every config file takes `:runlocal` the same way (`shrink` below; a sweep
+also keeps few of its members, `runlocal_requested`), and reads its
+`--config=FILE:ARG` with `parse_arg`.
 """
 
+import os
+
 import ml_collections
+from absl import flags
 
 from cnn.models import registry
 
 # Arguments of `get_config` (`--config=configs/default.py:<variant>`).
 VARIANTS = ('runlocal',)
+# runlocal: 512 training examples at batch 32 for 2 epochs.
+RUNLOCAL_STEPS = 32
+
+
+class ConfigArgError(flags.IllegalFlagValueError):
+  """An ARG of `--config=FILE:ARG` that FILE does not take.
+
+  A flag error, not a ValueError: ml_collections wraps a ValueError raised by
+  `get_config` in its traceback, while main.py prints a flag error as one
+  `error:` line.
+  """
+
+
+def parse_arg(arg: str | None, config_file: str,
+              value: str | None = None) -> tuple[str | None, bool]:
+  """(value, runlocal) of `--config=config_file:ARG`.
+
+  Args:
+    arg: ARG, comma-separated words (None or '' for none): 'runlocal' and,
+      for a file that takes one, one other word (configs/zoo.py's model
+      name: `zoo.py:resnet20,runlocal`).
+    config_file: the config file's path (`__file__`), for the message.
+    value: what the other word is ('a model name'), or None when the file
+      takes none.
+
+  Returns:
+    (the other word or None, whether 'runlocal' was given).
+
+  Raises:
+    ConfigArgError: an unknown word; the message lists the valid ones.
+  """
+  words = [w.strip() for w in (arg or '').split(',') if w.strip()]
+  others = [w for w in words if w not in VARIANTS]
+  if len(others) > (1 if value else 0):
+    name = f'configs/{os.path.basename(config_file)}'
+    variants = ', '.join(map(repr, VARIANTS))
+    valid = (f'{value}, {variants} or both, comma-separated' if value else
+             f'{variants} or nothing')
+    raise ConfigArgError(f'Unknown argument {others[-1]!r} in '
+                         f'--config={name}:{arg}; valid: {valid}.')
+  return (others[0] if others else None), 'runlocal' in words
+
+
+def runlocal_requested(arg: str | None, config_file: str) -> bool:
+  """Whether a sweep config's `get_sweep(arg)` lists its runlocal members
+  (main.py passes the ARG of `--config=FILE:ARG` to `get_sweep` as it does
+  to `get_config`)."""
+  return parse_arg(arg, config_file)[1]
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -27,9 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg: None for the full run, or 'runlocal' for the same config shrunk to
       a few seconds of CPU (`--config=configs/default.py:runlocal`).
   """
-  if arg not in (None, *VARIANTS):
-    raise ValueError(f'Unknown variant {arg!r} of configs/default.py; valid: '
-                     f'{list(VARIANTS)} (or none).')
+  _, runlocal = parse_arg(arg, __file__)
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -60,6 +113,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the first N training examples of each (0 = all); input_pipeline.sources.class_subset.
   config.input.classes = ml_collections.FieldReference((), field_type=tuple)
   config.input.per_class = 0
+  # A validation split held out of the training images, class-balanced:
+  # N examples per class, or a fraction of each class (0 = none); it is
+  # never the test split. Evaluated as `validation_*` in metrics.jsonl.
+  config.input.validation_per_class = 0
+  config.input.validation_fraction = 0.0
+  # -1: per_class and validation take each class's first examples (nested
+  # subsets); >= 0: drawn per class with this seed (set it with the run's
+  # seed so seeds resample the few examples).
+  config.input.sample_seed = -1
   config.input.image_size = 0  # 0 = native size.
   # Stream from disk instead of holding the split in memory: 'auto' (tfds
   # names whose decoded train split exceeds stream_threshold_bytes; folders
@@ -71,6 +133,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.preprocess = 'resize'
   config.input.shuffle_buffer = 10_000  # tfds streaming: encoded examples.
   config.input.stats_sample = 10_000  # mean/std from at most this many.
+  # Folders: every file is decoded once before training; one that does not
+  # decode stops the run (False) or is left out, counted in the log (True).
+  config.input.skip_bad_images = False
   config.input.augment = ml_collections.ConfigDict(dict(
       crop_padding=0, flip_lr=True, flip_ud=False, rotation_degrees=0.0,
       brightness=0.0, contrast=0.0, noise_std=0.0, scale=(1.0, 1.0)))
@@ -145,25 +210,50 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # > 0 overrides num_epochs.
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0
+  # > 0: evaluations before the last use the first N examples of the test
+  # (and train_eval) set, the last one all of them: dense curves, cheaply.
+  config.eval_subset = 0
   # Also evaluate the training examples (eval mode, no augmentation) at every
   # evaluation: `train_eval_accuracy`, the training error the studies plot.
   config.eval_on_train = False
   config.checkpoint_every_steps = 1000  # plus one at every evaluation.
   config.keep_checkpoints = 3
   config.on_nonfinite = 'stop'  # 'stop' the run or 'skip' the update.
+  # A rerun in a workdir that trained with another recipe is refused; True
+  # continues with the new values and records the change with its step in
+  # config_history.jsonl (cnn/training/recipe.py).
+  config.accept_recipe_change = False
   config.progress_bar = True  # shown only when stderr is a terminal.
-  if arg == 'runlocal':
-    _shrink(config)
+  if runlocal:
+    shrink(config)
   return config
 
 
-def _shrink(config: ml_collections.ConfigDict) -> None:
-  """`runlocal`: seconds instead of minutes, 16 steps an epoch, 2 epochs."""
+def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`runlocal`: the same experiment in seconds; changes `config` in place.
+
+  The first 512 training and 1,000 test examples, batch 32 (16 steps an
+  epoch), 2 epochs or, for a run counted in steps, RUNLOCAL_STEPS with the
+  step schedule's boundaries scaled alike; width multipliers at most 0.25.
+  The model, data set, optimizer, augmentation and evaluation schedule stay
+  the experiment's own. Returns `config`.
+  """
   config.input.train_subset = 512
   config.input.test_subset = 1000
   config.input.batch_size = 32
   config.input.eval_batch_size = 384  # does not divide 1,000: tests padding.
   config.num_epochs = 2.0
+  if config.num_train_steps > 0:
+    steps = config.num_train_steps
+    config.num_train_steps = RUNLOCAL_STEPS
+    config.schedule.decay_steps = tuple(
+        max(1, s * RUNLOCAL_STEPS // steps)
+        for s in config.schedule.decay_steps)
+  # A float `width` multiplies every layer's channels (ResNets, VGG, ...);
+  # an int one is a channel count chosen for the study (kernel_stack).
+  if 'width' in config.model and isinstance(config.model.width, float):
+    config.model.width = min(config.model.width, 0.25)
   config.log_every_steps = 8
   config.checkpoint_every_steps = 8
   config.progress_bar = False
+  return config

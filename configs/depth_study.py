@@ -5,6 +5,8 @@
         --member=resnet110-seed0          # one member (a cluster job)
     python main.py --config=configs/depth_study.py --workdir=runs/depth_study \
         --launcher=slurm --slurm_gpus_per_node=1   # a SLURM job array
+    python main.py --config=configs/depth_study.py:runlocal \
+        --workdir=/tmp/runlocal/depth_study   # the smoke test
 
 The paper's CIFAR-10 protocol, field by field: CIFAR ResNets (6n+2 layers,
 16/32/64 filters, option A shortcuts) and their plain twins at depths 20, 32,
@@ -20,25 +22,32 @@ Differences from the paper, on purpose: it trains on all 50k training images
 per-channel mean and standard deviation of the training set instead of
 subtracting the per-pixel mean image; no label smoothing (the paper has
 none). Three seeds per point (the paper: best of 5 for ResNet-110).
+
+`:runlocal` is the whole study shrunk to a smoke test before the real
+launch: the same data and recipe on 512 images for 32 steps at a quarter
+width (`default.shrink`), and the extremes of the study, depths 20 and 110
+(with its warm-up), plain and residual, seed 0: four members named and laid
+out as in the full sweep.
 """
 
 import ml_collections
 
 from cnn.experiments import sweep
-from configs import cifar10_resnet20
+from configs import cifar10_resnet20, default
 
 DEPTHS = (20, 32, 44, 56, 110)
 SEEDS = (0, 1, 2)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  _, runlocal = default.parse_arg(arg, __file__)
   # The recipe itself (data, SGD, schedule, augmentation) is
   # configs/cifar10_resnet20.py; the study adds the training error.
   config = cifar10_resnet20.get_config()
   config.eval_every_epochs = 4.0
   config.eval_on_train = True
   config.checkpoint_every_steps = 2_000
-  return config
+  return default.shrink(config) if runlocal else config
 
 
 def warmup(depth: int) -> dict:
@@ -49,11 +58,14 @@ def warmup(depth: int) -> dict:
           'schedule.warmup_factor': 0.1}
 
 
-def get_sweep() -> list[dict]:
+def get_sweep(arg: str | None = None) -> list[dict]:
+  runlocal = default.runlocal_requested(arg, __file__)
+  depths = (DEPTHS[0], DEPTHS[-1]) if runlocal else DEPTHS
   nets = sweep.chainit(*(
       [dict(model_name=f'{kind}{d}', **warmup(d))]
-      for d in DEPTHS for kind in ('plain', 'resnet')))
-  return sweep.product(nets, sweep.axis('seed', SEEDS))
+      for d in depths for kind in ('plain', 'resnet')))
+  return sweep.product(nets, sweep.axis('seed', SEEDS[:1] if runlocal
+                                        else SEEDS))
 
 
 def member_name(overrides: dict) -> str:

@@ -17,7 +17,8 @@ the data are streamed from disk (`input_pipeline/pipelines/streaming.py`).
 imagenet2012 needs its archives (ILSVRC2012_img_train.tar,
 ILSVRC2012_img_val.tar) in `manual_dir` the first time (tfds prepares
 it once into `data_dir`). `:runlocal` is the same recipe shrunk to a CPU
-smoke test on any folder of images (set config.input.dataset).
+smoke test on any folder of images (set config.input.dataset):
+`default.shrink`, then 64x64 images, batch 8, one epoch.
 """
 
 import ml_collections
@@ -25,15 +26,12 @@ import ml_collections
 from cnn.models import registry
 from configs import default
 
-VARIANTS = ('runlocal',)
 BATCH_SIZE = 1024
 BASE_LEARNING_RATE = 0.1  # per 256 examples of batch.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, *VARIANTS):
-    raise ValueError(f'Unknown variant {arg!r} of configs/imagenet_resnet50.py;'
-                     f' valid: {list(VARIANTS)} (or none).')
+  _, runlocal = default.parse_arg(arg, __file__)
   config = default.get_config()
   config.model_name = 'resnet50'
   config.model = ml_collections.ConfigDict(registry.backbone_options(
@@ -66,7 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0
   config.checkpoint_every_steps = 1000
-  if arg == 'runlocal':
+  if runlocal:
+    default.shrink(config)
     config.input.dataset = ''  # set --config.input.dataset=folder:<dir>.
     config.input.batch_size = 8
     config.input.eval_batch_size = 16
@@ -75,6 +74,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_epochs = 1.0
     config.schedule.warmup_epochs = 0.0
     config.log_every_steps = 1
-    config.checkpoint_every_steps = 10
-    config.progress_bar = False
   return config

@@ -5,6 +5,14 @@
     python main.py --config=configs/transfer_fmnist.py \
         --workdir=runs/transfer_fmnist
 
+The smoke test, about three minutes on 2 CPU cores (`:runlocal`: the
+source and every member shrunk by `default.shrink`, 32 steps each):
+
+    python main.py --config=configs/transfer_source.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_source_lenet5
+    python main.py --config=configs/transfer_fmnist.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_fmnist
+
 Source: LeNet-5 trained on Fashion-MNIST classes 0-4
 (configs/transfer_source.py). Targets: Fashion-MNIST classes 5-9 (Sandal,
 Shirt, Sneaker, Bag, Ankle boot: the *similar* domain) and scikit-learn's
@@ -23,7 +31,10 @@ seed draws the head's initialisation and the batch order; the examples per
 class are the first N of the split, the same for every seed). The batch
 norms of frozen groups run in eval mode (the source's running statistics,
 kept); those of trained groups normalise with batch statistics and update
-their running ones on the target.
+their running ones on the target. `:runlocal` starts from
+RUNLOCAL_SOURCE_WORKDIR (`--config.init_from` for another) and keeps seed 0,
+both targets, 10 and 1000 shots (the examples of the first 512 images) and
+the four regimes: 16 members named as in the full sweep.
 """
 
 import ml_collections
@@ -32,6 +43,8 @@ from cnn.experiments import sweep
 from configs import default
 
 SOURCE_WORKDIR = 'runs/transfer_source_lenet5'
+# configs/transfer_source.py:runlocal's workdir in its docstring's command.
+RUNLOCAL_SOURCE_WORKDIR = '/tmp/runlocal/transfer_source_lenet5'
 TARGETS = {
     'fmnist59': dict(dataset='fashion_mnist', classes=(5, 6, 7, 8, 9),
                      image_size=0),
@@ -43,9 +56,10 @@ SEEDS = (0, 1, 2)
 STEPS = 300
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  _, runlocal = default.parse_arg(arg, __file__)
   config = default.get_config()
-  config.init_from = SOURCE_WORKDIR
+  config.init_from = RUNLOCAL_SOURCE_WORKDIR if runlocal else SOURCE_WORKDIR
   config.input.classes = TARGETS['fmnist59']['classes']
   config.input.batch_size = 50
   config.input.augment.flip_lr = False
@@ -62,15 +76,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_on_train = True
   config.checkpoint_every_steps = 10 * STEPS
   config.keep_checkpoints = 1
-  return config
+  return default.shrink(config) if runlocal else config
 
 
-def get_sweep() -> list[dict]:
+def get_sweep(arg: str | None = None) -> list[dict]:
+  runlocal = default.runlocal_requested(arg, __file__)
   targets = [{'input.dataset': t['dataset'], 'input.classes': t['classes'],
               'input.image_size': t['image_size']} for t in TARGETS.values()]
   return sweep.product(
-      sweep.axis('seed', SEEDS), targets,
-      sweep.axis('input.per_class', SHOTS),
+      sweep.axis('seed', SEEDS[:1] if runlocal else SEEDS), targets,
+      sweep.axis('input.per_class', (SHOTS[0], SHOTS[-1]) if runlocal
+                 else SHOTS),
       sweep.axis('transfer.regime', REGIMES))
 
 

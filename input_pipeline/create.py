@@ -24,8 +24,12 @@ Input config fields (ml_collections.ConfigDict or dict):
   not local), streaming ('auto'|'always'|'never'), stream_threshold_bytes,
   preprocess ('resize'|'imagenet'), shuffle_buffer, stats_sample,
   skip_bad_images (folders: leave out files that do not decode), classes
-  (class ids kept and relabelled 0..k-1; () = all) and per_class (first N
-  training examples of each kept class; 0 = all; `class_subset`). Every
+  (class ids kept and relabelled 0..k-1; () = all), per_class (first N
+  training examples of each kept class; 0 = all; `class_subset`),
+  validation_per_class / validation_fraction (examples of each class held
+  out of the training split as the 'validation' split; 0 = none) and
+  sample_seed (-1: the first examples of each class; >= 0: drawn per class
+  with this seed, `class_subset.split_indices`). Every
   field must be present (`configs/default.py` lists them all; a dict made
   from `default.get_config().input.to_dict()` has them).
 """
@@ -41,6 +45,8 @@ from input_pipeline.pipelines import eval_data
 from input_pipeline.sources import class_subset, datasets, folder
 
 PIPELINES = ('device', 'tfdata')
+# The split held out of the training images (`config.input.validation_*`).
+VALIDATION = 'validation'
 STREAMING_MODES = ('auto', 'always', 'never')
 
 
@@ -148,10 +154,11 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
   if not name:
     raise errors.InputConfigError('config.input.dataset is not set.')
   if uses_streaming(input_config):
-    if any(_class_subset(input_config)):
+    if any(_class_subset(input_config)) or _holds_out(input_config):
       raise errors.InputConfigError(
-          'config.input.classes / per_class select from data held in memory; '
-          'a streamed data set cannot use them (set them to () and 0).')
+          'config.input.classes / per_class / validation_* / sample_seed '
+          'select from data held in memory; a streamed data set cannot use '
+          'them (set them to (), 0, 0, 0.0 and -1).')
     from input_pipeline.pipelines import streaming
     return streaming.get_info(name, **_common(input_config),
                               **_stream_kwargs(input_config))
@@ -170,6 +177,25 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
 def _class_subset(input_config: Any) -> tuple[tuple[int, ...], int]:
   return (tuple(int(c) for c in _field(input_config, 'classes')),
           int(_field(input_config, 'per_class')))
+
+
+def _validation(input_config: Any) -> float:
+  """Examples per class held out of the training split for validation (an
+  int), or a fraction of each class; 0 for none."""
+  per_class = int(_field(input_config, 'validation_per_class'))
+  fraction = float(_field(input_config, 'validation_fraction'))
+  if per_class < 0 or not 0 <= fraction < 1 or (per_class and fraction):
+    raise errors.InputConfigError(
+        'Set one of config.input.validation_per_class (examples per class, '
+        '>= 0) and validation_fraction (of each class, in [0, 1)); got '
+        f'{per_class} and {fraction}.')
+  return per_class or fraction
+
+
+def _holds_out(input_config: Any) -> bool:
+  """Whether the training split is divided (validation or seeded draws)."""
+  return bool(_validation(input_config)) or int(
+      _field(input_config, 'sample_seed')) >= 0
 
 
 def _open_stream(input_config: Any, split: str, subset_field: str):
@@ -192,21 +218,33 @@ def _load(input_config: Any, split: str, subset_field: str
       manual_dir=_field(input_config, 'manual_dir'),
       download=bool(_field(input_config, 'download')))
   image_size = int(_field(input_config, 'image_size') or 0)
-  subset = int(_field(input_config, subset_field) or 0)
+  subset = int(_field(input_config, subset_field) or 0) if subset_field else 0
   classes, per_class = _class_subset(input_config)
-  selecting = bool(classes or per_class)
+  dividing = split in ('train', VALIDATION) and _holds_out(input_config)
+  if split == VALIDATION and not _validation(input_config):
+    raise errors.InputConfigError(
+        'No validation split: set config.input.validation_per_class or '
+        'validation_fraction.')
+  selecting = bool(classes or per_class or dividing)
   # Classes first, then the first `subset` of what they keep: a test_subset
   # of 500 evaluates 500 examples of the chosen classes.
   images, labels = datasets.load_split(
-      name, split, subset=0 if selecting else subset, image_size=image_size,
-      **common)
+      name, 'test' if split == 'test' else 'train',
+      subset=0 if selecting else subset, image_size=image_size, **common)
   info = get_input_info(input_config)
   if selecting:
     images, labels = class_subset.select(
-        images, labels, classes, per_class if split == 'train' else 0)
+        images, labels, classes,
+        per_class if split == 'train' and not dividing else 0)
     if not len(labels):
       raise errors.InputConfigError(
           f'config.input.classes={classes} selects no {split} examples.')
+    if dividing:  # the few-shot examples and the held-out ones, per class.
+      train, held = class_subset.split_indices(
+          labels, per_class=per_class, validation=_validation(input_config),
+          seed=int(_field(input_config, 'sample_seed')))
+      keep = held if split == VALIDATION else train
+      images, labels = images[keep], labels[keep]
     if subset:
       images, labels = images[:subset], labels[:subset]
   return images, labels, info
@@ -276,10 +314,14 @@ def create_eval_batches(input_config: Any, *, split: str = 'test',
   one fixed shape. Streamed data sets are read from disk each call.
   Call again for each evaluation.
   """
-  subset_field = 'test_subset' if split == 'test' else 'train_subset'
+  subset_field = {'test': 'test_subset', 'train': 'train_subset'}.get(split)
   if batch_size is None:
     batch_size = int(_field(input_config, 'eval_batch_size'))
   if uses_streaming(input_config):
+    if split not in ('train', 'test'):
+      raise errors.InputConfigError(
+          f'A streamed data set has no {split!r} split here (only train and '
+          'test); config.input.validation_* need data held in memory.')
     from input_pipeline.pipelines import streaming
     return streaming.eval_batches(
         _open_stream(input_config, split, subset_field),

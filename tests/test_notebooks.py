@@ -1,35 +1,47 @@
-"""The notebooks are code: both run top to bottom on tiny saved results."""
+"""The notebooks are code: both run top to bottom on tiny saved results,
+and are for looking: their figures come out as images."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from cnn import plotting
 from cnn.experiments import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
 
-def _execute(name: str, env: dict[str, str]) -> None:
-  """Runs notebooks/NAME from notebooks/, as Jupyter would, with `env`."""
+def _execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
+  """Runs notebooks/NAME from notebooks/, as Jupyter would, with `env`;
+  returns the executed notebook (with its outputs)."""
   path = os.path.join(REPO, 'notebooks', name)
   notebook = nbformat.read(path, as_version=4)
   old = {k: os.environ.get(k) for k in env}
   os.environ.update(env)  # the kernel inherits the environment.
   try:
-    NotebookClient(notebook, timeout=300, kernel_name='python3',
-                   resources={'metadata': {'path': os.path.dirname(path)}}
-                   ).execute()
+    return NotebookClient(
+        notebook, timeout=300, kernel_name='python3',
+        resources={'metadata': {'path': os.path.dirname(path)}}).execute()
   finally:
     for k, v in old.items():
       if v is None:
         os.environ.pop(k)
       else:
         os.environ[k] = v
+
+
+def _images(notebook: nbformat.NotebookNode) -> int:
+  """How many PNG images the notebook's outputs hold."""
+  return sum('image/png' in output.get('data', {})
+             for cell in notebook.cells if cell.cell_type == 'code'
+             for output in cell.outputs)
 
 
 @pytest.fixture(scope='module')
@@ -84,22 +96,36 @@ def test_export_transfer_script_writes_results_and_tables(
   assert '| stage4 |' in done.stdout  # the probe comparison
   assert (results / 'transfer_fmnist' / 'transfer_curves.png').stat().st_size
   assert (results / 'transfer_probes' / 'lenet5_probes.png').stat().st_size
+  assert (results / 'transfer_probes' / 'lenet5_probes.json').stat().st_size
+  # --redraw: the figures again from the export alone (no runs needed).
+  (results / 'transfer_fmnist' / 'transfer_curves.png').unlink()
+  redrawn = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'scripts', 'export_transfer.py'),
+       '--runs=/nonexistent', f'--results={results}', '--redraw'],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+  assert (results / 'transfer_fmnist' / 'transfer_curves.png').stat().st_size
+  assert '| stage4 |' in redrawn.stdout
   assert not (results / 'transfer_fmnist' / 'lenet5' / 'checkpoints').exists()
 
 
 def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
   _, export = tiny_sweep
   probes = tiny_probes
-  _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
-                              'RECEPTIVE_FIELD_STUDY': str(export),
-                              'TRANSFER_STUDIES': str(export),
-                              'YOSINSKI_STUDIES': str(export),
-                              'PROBES': str(probes)})
+  done = _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
+                                     'RECEPTIVE_FIELD_STUDY': str(export),
+                                     'TRANSFER_STUDIES': str(export),
+                                     'YOSINSKI_STUDIES': str(export),
+                                     'PROBES': str(probes)})
+  # Depth curves, error vs depth, accuracy vs parameters, transfer curves,
+  # the Yosinski curve and the probe curves, each drawn once.
+  assert _images(done) == 6
 
 
 def test_training_curves_notebook_runs(tiny_sweep):
   workdir, _ = tiny_sweep
-  _execute('training_curves.ipynb', {'CNN_RUNS_DIR': str(workdir)})
+  done = _execute('training_curves.ipynb', {'CNN_RUNS_DIR': str(workdir)})
+  assert _images(done) == 1  # accuracy and loss curves, one figure.
 
 
 def test_analysis_figures_are_written(tiny_sweep, tmp_path):
@@ -107,9 +133,21 @@ def test_analysis_figures_are_written(tiny_sweep, tmp_path):
   study = analysis.load(str(export))
   assert [r['status'] for r in study.rows] == ['completed'] * 2
   assert len(study.curves['lenet5']['step']) == 2  # two evaluations
+  open_figures = plt.get_fignums()
   for draw in (analysis.depth_curves, analysis.error_vs_depth,
                analysis.accuracy_vs_params):
     path = tmp_path / f'{draw.__name__}.png'
-    draw(study, str(path))
+    fig = draw(study, str(path))
     assert path.stat().st_size > 1000
+    # The figure standard (tests/test_figures.py): a vector copy and the
+    # numbers drawn beside the PNG, no text on other text.
+    assert path.with_suffix('.pdf').exists()
+    assert path.with_suffix('.json').exists()
+    assert plotting.overlapping_text(fig) == []
+    # Written and closed: pyplot holds no new figure (no growth in a loop),
+    # and the returned one still renders (what Jupyter's display(fig) does).
+    assert plt.get_fignums() == open_figures
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    assert buf.getvalue().startswith(b'\x89PNG')
   assert '| lenet5 |' in analysis.table(study)

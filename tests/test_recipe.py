@@ -75,3 +75,9 @@ def test_a_workdir_without_checkpoints_starts_afresh(tmp_path):
   recipe.check_rerun(_config(), str(tmp_path), has_trained=False)
   with pytest.raises(recipe.RecipeChangeError, match='seed: 7 -> 0'):
     recipe.check_rerun(_config(), str(tmp_path), has_trained=True)
+
+
+def test_fields_added_since_a_workdir_trained_are_not_changes():
+  old = json.loads(_config().to_json_best_effort())
+  del old['eval_subset'], old['input']['sample_seed']
+  assert recipe.recipe_changes(old, _config()) == {}

@@ -398,9 +398,10 @@ def test_nonfinite_loss_stops_with_a_clean_message_and_saves_nothing(
   directory = os.path.join(workdir, 'checkpoints')
   before = file_digests(directory)
 
-  # Resumes at 16 (the learning rate is not part of the identity), then
+  # Resumes at 16 (another learning rate, accepted and recorded), then
   # diverges: Adam's first step moves every weight by ~lr.
-  result = run_main(main_args(workdir, {'optimizer.learning_rate': 1e30}))
+  result = run_main(main_args(workdir, {'optimizer.learning_rate': 1e30,
+                                        'accept_recipe_change': True}))
   assert result.returncode != 0
   assert 'Traceback' not in result.stderr, result.stderr[-5000:]
   message = re.search(r'error: (Non-finite .*)', result.stderr)

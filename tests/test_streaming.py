@@ -88,7 +88,9 @@ def _input_config(dataset, **overrides):
                 image_size=0, augment=augment, streaming='always',
                 stream_threshold_bytes=2**30, preprocess='resize',
                 shuffle_buffer=16, stats_sample=10_000,
-                skip_bad_images=False, classes=(), per_class=0)
+                skip_bad_images=False, classes=(), per_class=0,
+                validation_per_class=0, validation_fraction=0.0,
+                sample_seed=-1)
   config.update(overrides)
   return config
 
@@ -409,3 +411,16 @@ def test_imagenet_preprocessing_crops_flips_and_centre_crops(image_folder):
   # The eval view is a pure function of the file: two passes agree.
   again = list(ip.create_eval_batches(config, batch_size=5))
   np.testing.assert_array_equal(evals[0]['image'], again[0]['image'])
+  # Inspection and probes of a streamed run draw from its own splits.
+  from cnn.visualize import workdir as inspect_workdir  # pylint: disable=g-import-not-at-top
+  run = inspect_workdir.load_run(str(workdir), num_test=8)
+  assert run.images.shape == (8, 28, 28, 3) and run.info.num_classes == 3
+  assert 0.0 <= run.display.min() and run.display.max() <= 1.0
+  probe = helpers.run_main([f'--config={helpers.TINY_CONFIG}',
+                            f'--workdir={workdir}', '--mode=probe',
+                            '--probe_shots=2', '--probe_layers=pre_logits',
+                            f'--config.input.dataset=folder:{root}',
+                            '--config.input.image_size=28',
+                            '--config.input.skip_bad_images=True'])
+  assert probe.returncode == 0, probe.stderr[-3000:]
+  assert os.path.exists(workdir / 'probe' / 'probe.csv')

@@ -1,19 +1,36 @@
-"""The study configs match their protocols field by field, and the
-kernel-layout forms have the sizes the lecture states."""
+"""The study configs match their protocols field by field, the
+kernel-layout forms have the sizes the lecture states, and every config file
+has a `:runlocal` that builds (and, for the zoo and one sweep, trains)."""
 
 from __future__ import annotations
+
+import csv
+import importlib
+import json
+import os
+import re
 
 import pytest
 
 from cnn import summary
 from cnn.experiments import sweep
-from cnn.training import optim
+from cnn.training import metrics, optim
 from configs import (
+  default,
   depth_study,
   depth_study_fmnist,
   receptive_field,
   receptive_field_fmnist,
 )
+from tests import helpers
+
+CONFIG_FILES = sorted(f for f in os.listdir(os.path.join(helpers.REPO,
+                                                         'configs'))
+                      if f.endswith('.py') and not f.startswith('_'))
+# The subprocesses compile with XLA's cheap passes: compiling, not running,
+# is most of a runlocal member's time on a CPU.
+FAST_COMPILE = {'XLA_FLAGS': '--xla_backend_optimization_level=0 '
+                             '--xla_llvm_disable_expensive_passes=true'}
 
 
 def _members(module):
@@ -104,3 +121,129 @@ def test_receptive_field_configs_sweep_the_four_forms():
     assert len(configs) == 4 * 3
   assert receptive_field.get_config().input.dataset == 'cifar10'
   assert receptive_field_fmnist.get_config().input.dataset == 'fashion_mnist'
+
+
+# --- runlocal: every config file, shrunk to seconds. ---------------------
+
+
+@pytest.mark.parametrize('file', CONFIG_FILES)
+def test_every_config_file_builds_its_runlocal(file):
+  module = importlib.import_module(f'configs.{file[:-3]}')
+  assert re.search(rf'--config=configs/{file}:(\w+,)?runlocal',
+                   module.__doc__), 'the docstring shows the runlocal command'
+  full, tiny = module.get_config(), module.get_config('runlocal')
+  assert tiny.model_name == full.model_name
+  assert tiny.input.dataset in (full.input.dataset, '')  # imagenet: a folder
+  assert 0 < tiny.input.train_subset <= 512 and tiny.input.batch_size <= 32
+  assert tiny.input.test_subset == 1000 and not tiny.progress_bar
+  if full.num_train_steps > 0:
+    assert tiny.num_train_steps == default.RUNLOCAL_STEPS
+    assert all(s <= default.RUNLOCAL_STEPS
+               for s in tiny.schedule.decay_steps)
+  else:
+    assert tiny.num_epochs <= 2
+  if isinstance(full.model.get('width'), float):
+    assert tiny.model.width <= 0.25
+  arg = 'resnet20,runlcoal' if file == 'zoo.py' else 'runlcoal'
+  with pytest.raises(default.ConfigArgError, match="valid: .*'runlocal'"):
+    module.get_config(arg)
+  if not hasattr(module, 'get_sweep'):
+    return
+  name_fn = getattr(module, 'member_name', sweep.member_name)
+  members = sweep.members_of(module.get_sweep('runlocal'), name_fn)
+  all_names = {m.name for m in sweep.members_of(module.get_sweep(), name_fn)}
+  # A few of the full sweep's members, with the full sweep's names.
+  assert 2 <= len(members) <= 16 and len(members) < len(all_names)
+  assert {m.name for m in members} <= all_names
+  configs = [sweep.member_config(tiny, m) for m in members]
+  assert {c.seed for c in configs} == {0}
+
+
+def test_runlocal_of_transfer_configs_starts_from_the_runlocal_source():
+  from configs import (  # pylint: disable=g-import-not-at-top
+    transfer_fmnist,
+    transfer_fmnist_resnet,
+    transfer_source,
+    transfer_source_resnet,
+    transfer_yosinski_resnet,
+  )
+  for target, source in ((transfer_fmnist, transfer_source),
+                         (transfer_fmnist_resnet, transfer_source_resnet),
+                         (transfer_yosinski_resnet, transfer_source_resnet)):
+    tiny = target.get_config('runlocal')
+    assert tiny.init_from.startswith('/tmp/runlocal/')
+    assert f'--workdir={tiny.init_from}' in source.__doc__
+    # The source's runlocal network is the one the target restores into.
+    assert tiny.model.to_dict() == source.get_config('runlocal').model.to_dict()
+
+
+def test_main_passes_the_config_arg_to_get_sweep(tmp_path):
+  """main.py hands ARG of --config=FILE:ARG to get_sweep as to get_config;
+  a user's get_sweep() without a parameter still works."""
+  from cnn.experiments import sweep_launch  # pylint: disable=g-import-not-at-top
+  full = sweep_launch.members_of(depth_study_fmnist, None)
+  tiny = sweep_launch.members_of(depth_study_fmnist, 'runlocal')
+  assert len(tiny) == 4 < len(full)
+  assert {m.name for m in tiny} <= {m.name for m in full}
+
+  class UserSweep:
+    @staticmethod
+    def get_sweep():
+      return [dict(seed=0), dict(seed=1)]
+
+  assert [m.name for m in sweep_launch.members_of(UserSweep, 'runlocal')] == [
+      'seed0', 'seed1']
+
+
+def test_zoo_takes_a_model_name_and_runlocal():
+  from configs import zoo  # pylint: disable=g-import-not-at-top
+  tiny = zoo.get_config('vgg11_small,runlocal')
+  assert tiny.model_name == 'vgg11_small' and tiny.input.train_subset == 512
+  assert zoo.get_config('runlocal').model_name == 'resnet20'
+  with pytest.raises(default.ConfigArgError, match="'resnet32'"):
+    zoo.get_config('resnet20,resnet32')
+  with pytest.raises(default.ConfigArgError, match="Unknown model 'resnt20'"):
+    zoo.get_config('resnt20,runlocal')
+
+
+def test_zoo_runlocal_trains_end_to_end(tmp_path):
+  # The flag error of a misspelt variant is one line, not a traceback.
+  bad = helpers.run_main(['--config=configs/zoo.py:resnet20,runlcoal',
+                          '--mode=summary'], timeout=120)
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert re.search(r"^error: Unknown argument 'runlcoal' .*'runlocal'",
+                   bad.stderr, re.MULTILINE), bad.stderr[-2000:]
+
+  workdir = tmp_path / 'resnet20'
+  done = helpers.run_main(['--config=configs/zoo.py:resnet20,runlocal',
+                           f'--workdir={workdir}'], env=FAST_COMPILE,
+                          timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['model_name'] == 'resnet20' and config['model']['width'] == 0.25
+  last = metrics.read_metrics(str(workdir))[-1]  # the last evaluation
+  assert last['step'] == default.RUNLOCAL_STEPS and last['test_count'] == 1000
+
+
+def test_a_runlocal_sweep_trains_end_to_end(tmp_path):
+  """receptive_field_fmnist.py:runlocal (the cheapest study: four small
+  networks) through main.py: its runlocal members, laid out as the full
+  sweep's, and results.csv."""
+  workdir = tmp_path / 'receptive_field_fmnist'
+  done = helpers.run_main(
+      ['--config=configs/receptive_field_fmnist.py:runlocal',
+       f'--workdir={workdir}', '--mode=train'], env=FAST_COMPILE, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  names = [m.name for m in sweep.members_of(
+      receptive_field_fmnist.get_sweep('runlocal'),
+      receptive_field_fmnist.member_name)]
+  assert names == [f'{m}-seed0' for m in receptive_field.MODELS]
+  plan = json.loads((workdir / sweep.PLAN_FILE).read_text())
+  assert [m['name'] for m in plan['members']] == names
+  with open(workdir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['member'] for r in rows] == names
+  assert {r['status'] for r in rows} == {'completed'}
+  for name in names:
+    assert (workdir / name / 'metrics.jsonl').stat().st_size
+    assert (workdir / name / sweep.RESULT_FILE).exists()

@@ -574,6 +574,31 @@ def test_print_summary_and_module_entry_point():
   assert 's4' in result.stdout and '422,824' in result.stdout
 
 
+@pytest.mark.parametrize('name', ['lenet5', 'resnet20'])
+def test_cli_prints_the_table_of_main_summary_mode_for_the_zoo_config(name):
+  """`python -m cnn.summary --model=NAME` and `main.py
+  --config=configs/zoo.py:NAME --mode=summary` (which prints
+  `print_summary_for_config` of that config) count the same network on the
+  same input: the same rows, totals and header."""
+  from configs import zoo  # pylint: disable=g-import-not-at-top
+  for as_json in (False, True):
+    code, cli_text, _ = _run_main(f'--model={name}', '--train_batch=0',
+                                  *(['--json'] if as_json else []))
+    assert code == 0
+    buf = io.StringIO()
+    summary.print_summary_for_config(zoo.get_config(name), as_json=as_json,
+                                     file=buf)
+    assert cli_text == buf.getvalue()
+  # Fashion-MNIST's shape, named in the header (resnet20's natural input
+  # is 32x32x3; --input_shape counts another and says so).
+  assert cli_text and json.loads(cli_text)['input_shape'] == [28, 28, 1]
+  _, text, _ = _run_main(f'--model={name}', '--train_batch=0')
+  assert text.startswith(f'{name}: input 28x28x1 (fashion_mnist), 10 classes')
+  _, text, _ = _run_main(f'--model={name}', '--train_batch=0',
+                         '--input_shape=32,32,3')
+  assert text.startswith(f'{name}: input 32x32x3 (--input_shape), 10 classes')
+
+
 def test_print_summary_for_config():
   ml_collections = pytest.importorskip('ml_collections')
   config = ml_collections.ConfigDict(dict(

@@ -174,3 +174,14 @@ def test_training_loss_is_logged_between_evaluations(tmp_path):
   # The console keeps significant digits of a small learning rate.
   assert train._significant(read_metrics(workdir)[-1])['learning_rate'] == (
       4e-05)
+
+
+def test_eval_subset_makes_evaluations_before_the_last_cheap(tmp_path):
+  # runlocal: 2 epochs of 16 steps, evaluation every half epoch.
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(
+      eval_subset=100, eval_every_epochs=0.5, eval_on_train=True), workdir)
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records] == [8, 16, 24, 32]
+  assert [r['test_count'] for r in records] == [100, 100, 100, 1000]
+  assert [r['train_eval_count'] for r in records] == [100, 100, 100, 512]

@@ -361,3 +361,43 @@ def test_init_from_another_architecture_is_refused(source_workdir, tmp_path):
   with pytest.raises(errors.UserError, match="holds a 'lenet5' network"):
     train.train_and_evaluate(config, str(tmp_path / 'never'))
   assert not (tmp_path / 'never').exists()
+
+
+def test_validation_split_is_balanced_disjoint_and_resampled_by_seed():
+  labels = np.repeat(np.arange(3), 20)
+  train_idx, val_idx = class_subset.split_indices(labels, per_class=5,
+                                                  validation=4)
+  # Split order: the first 5 of each class train, the next 4 validate.
+  np.testing.assert_array_equal(train_idx[:5], np.arange(5))
+  np.testing.assert_array_equal(val_idx[:4], np.arange(5, 9))
+  draws = [class_subset.split_indices(labels, per_class=5, validation=4,
+                                      seed=s) for s in (0, 1)]
+  for t, v in draws:
+    assert not set(t) & set(v)
+    assert list(np.bincount(labels[t])) == [5, 5, 5]
+    assert list(np.bincount(labels[v])) == [4, 4, 4]
+  assert set(draws[0][0]) != set(draws[1][0])  # seeds resample.
+  # A fraction of each class; the rest trains.
+  t, v = class_subset.split_indices(labels, validation=0.2, seed=3)
+  assert list(np.bincount(labels[v])) == [4, 4, 4] and len(t) == 48
+  with pytest.raises(InputConfigError, match='too few'):
+    class_subset.split_indices(labels, per_class=18, validation=4)
+
+
+def test_validation_split_through_the_pipeline_and_trainer(tmp_path):
+  fields = {'input.dataset': 'digits', 'input.image_size': 28,
+            'input.train_subset': 0, 'input.per_class': 10,
+            'input.validation_per_class': 5, 'input.sample_seed': 0,
+            'num_train_steps': 4, 'eval_every_epochs': 100.0}
+  config = tiny_config(**fields)
+  count = lambda split: sum(int(b['mask'].sum()) for b in
+                            input_pipeline.create_eval_batches(
+                                config.input, split=split, batch_size=64))
+  assert (count('train'), count('validation')) == (100, 50)
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result.metrics['validation_count'] == 50
+  assert 0.0 <= result.metrics['validation_accuracy'] <= 1.0
+  with pytest.raises(InputConfigError, match='one of'):
+    input_pipeline.create_eval_batches(tiny_config(**{
+        **fields, 'input.validation_fraction': 0.2}).input,
+        split='validation')

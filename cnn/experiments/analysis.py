@@ -6,10 +6,10 @@ export under `results/` (`export`: the plan, results and each member's
 
   study = load(path)                     members with configs and curves
   depth_curves(study)                    He et al. Fig. 6: error vs iteration
-  error_vs_depth(study)                  final error vs depth, seed spread
+  error_vs_depth(study)                  final error vs depth, 95 % intervals
   accuracy_vs_params(study)              the receptive-field study
   table(study)                           Markdown, mean ± std over seeds
-  accuracy_by(study, keys)               test accuracy per value of override keys
+  accuracy_by(study, keys)               test accuracy per override value
   pivot_table(study, row, column)        Markdown, accuracy mean ± std
   transfer_curves(study)                 accuracy vs examples per class
   yosinski_curve(study)                  accuracy vs groups copied
@@ -17,28 +17,41 @@ export under `results/` (`export`: the plan, results and each member's
   read_probes(dir)                       rows of a --mode=probe probe.csv
   probe_comparison(probes, shots)        Markdown, Zeiler & Fergus: layer x data
   probe_curves(probes, shots)            probe accuracy vs layer per data set
+  model_label(name)                      plain20 -> plain-20 (legend names)
 
 Errors are in %, 1 - accuracy; the training error is the one
 `cnn.experiments.sweep_results` defines (eval mode on the training images).
+
+Every figure follows the figure standard (`cnn.plotting`): drawn on a bare
+`matplotlib.figure.Figure` (pyplot keeps no reference, so drawing in a loop
+does not grow memory) and, when a `path` is given, written as PNG + PDF +
+a JSON of the numbers drawn (`plotting.save`); the function returns the
+figure. Jupyter shows a returned figure as a cell's value or through
+`display(fig)`. No backend is chosen here. Models are named as the lectures
+name them (plain-20, ResNet-56, LeNet-5: `model_label`); curves over
+iterations show mean ± 1 std over seeds, final numbers mean with the 95 %
+t-interval over seeds (`plotting.interval95`), and every figure says which.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
+import re
 import shutil
 from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import lines as mlines
+from matplotlib import patches as mpatches
+from matplotlib import transforms
 
-matplotlib.use('Agg')  # files only; notebooks show the returned figures.
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cnn.experiments import probe as probe_lib  # noqa: E402
-from cnn.experiments import sweep, sweep_results  # noqa: E402
+from cnn import plotting
+from cnn.experiments import probe as probe_lib
+from cnn.experiments import sweep, sweep_results
 
 MEMBER_FILES = ('config.json', 'metrics.jsonl', sweep.RESULT_FILE)
 SWEEP_FILES = (sweep.PLAN_FILE, 'results.csv', 'results.json')
@@ -48,7 +61,8 @@ SWEEP_FILES = (sweep.PLAN_FILE, 'results.csv', 'results.json')
 class Study:
   """A loaded sweep.
 
-  rows: one `cnn.experiments.sweep_results` row per member (status, sizes, errors).
+  rows: one `cnn.experiments.sweep_results` row per member (status, sizes,
+    errors).
   groups: the rows' groups over seeds (mean, std, n).
   curves: member name -> {'step', 'train_error', 'test_error'} arrays.
   group_of: member name -> its group (the name without the seed).
@@ -62,19 +76,24 @@ class Study:
   overrides: dict[str, dict[str, Any]] = dataclasses.field(
       default_factory=dict)
 
-  def group_curves(self, group: str) -> dict[str, np.ndarray]:
-    """Mean and std over the completed seeds of `group`, on the steps every
-    one of them has."""
+  def group_curves(self, group: str) -> dict[str, Any]:
+    """Mean and std (ddof=1; 0 for one seed) over the completed seeds of
+    `group`, at every evaluation step all of them have; `n` the seeds."""
     names = [r['member'] for r in self.rows if r['status'] == 'completed'
              and self.group_of[r['member']] == group]
     curves = [self.curves[n] for n in names if len(self.curves[n]['step'])]
     if not curves:
       return {}
-    n = min(len(c['step']) for c in curves)
-    out = {'step': curves[0]['step'][:n]}
+    steps = functools.reduce(np.intersect1d, [c['step'] for c in curves])
+    # The last record of a step (a resumed run may have written it twice).
+    at = [{int(t): i for i, t in enumerate(c['step'])} for c in curves]
+    out: dict[str, Any] = {'step': steps, 'n': len(curves)}
     for key in ('train_error', 'test_error'):
-      values = np.stack([c[key][:n] for c in curves])
-      out[key], out[f'{key}_std'] = values.mean(0), values.std(0)
+      values = np.stack([c[key][[a[int(t)] for t in steps]]
+                         for c, a in zip(curves, at, strict=True)])
+      out[key] = values.mean(0)
+      out[f'{key}_std'] = (values.std(0, ddof=1) if len(curves) > 1
+                           else np.zeros_like(out[key]))
     return out
 
 
@@ -112,88 +131,204 @@ def export(workdir: str, dest: str) -> None:
         shutil.copy2(src, os.path.join(dest, member, name))
 
 
+MODEL_LABELS = {
+    'lenet5': 'LeNet-5',
+    'kstack_5x5': 'one 5×5',
+    'kstack_3x3x2': 'two 3×3',
+    'kstack_3x3': 'one 3×3',
+    'kstack_5x5_matched': 'one 5×5, parameter-matched',
+}
+FAMILY_LABELS = {'resnet': 'ResNet', 'plain': 'plain', 'vgg': 'VGG'}
+
+
+def model_label(name: str) -> str:
+  """A registered model name as the lectures write it: plain20 -> plain-20,
+  resnet56 -> ResNet-56, lenet5 -> LeNet-5 (unknown names unchanged)."""
+  if name in MODEL_LABELS:
+    return MODEL_LABELS[name]
+  m = re.fullmatch(r'([a-z]+)(\d+)', name or '')
+  if m and m.group(1) in FAMILY_LABELS:
+    return f'{FAMILY_LABELS[m.group(1)]}-{m.group(2)}'
+  return name
+
+
+def _seeds_text(ns: Sequence[int]) -> str:
+  """'n = 3 seeds' (or 'n = 2–3 seeds' where groups differ)."""
+  ns = sorted(set(ns)) or [0]
+  n = str(ns[0]) if len(ns) == 1 else f'{ns[0]}–{ns[-1]}'
+  return f'n = {n} seed' + ('' if n == '1' else 's')
+
+
+def _interval_text(ns: Sequence[int]) -> str:
+  return f'mean ± 95 % interval, {_seeds_text(ns)}'
+
+
+def _seed_values(study: Study, metric: str) -> dict[str, list[float]]:
+  """Group -> `metric` (an error) of each completed seed, in %."""
+  out: dict[str, list[float]] = {}
+  for row in study.rows:
+    if row['status'] == 'completed' and row[metric] != '':
+      out.setdefault(study.group_of[row['member']], []).append(
+          100 * float(row[metric]))
+  return out
+
+
+def _interval(values: Sequence[float]) -> dict[str, Any]:
+  mean, half = plotting.interval95(values)
+  return dict(values=list(values), mean=mean, half95=half, n=len(values))
+
+
+def _family(group: dict[str, Any]) -> str:
+  return 'ResNet' if group['residual'] is True else 'plain'
+
+
 def _depth_groups(study: Study) -> list[dict[str, Any]]:
   return sorted((g for g in study.groups if g['n']),
                 key=lambda g: (g['residual'] is True, g['depth']))
 
 
-def _style(group: dict[str, Any], depths: Sequence[int]):
-  colors = plt.cm.viridis(np.linspace(0, 0.85, len(depths)))
-  color = colors[list(depths).index(group['depth'])]
-  kind = 'ResNet' if group['residual'] is True else 'plain'
-  return dict(color=color, ls='-' if group['residual'] is True else '--',
-              label=f"{kind}-{group['depth']}")
+def _train_error_text(groups: Sequence[dict[str, Any]]) -> str:
+  kinds = {g.get('train_error_kind') for g in groups}
+  return ('training error' if kinds <= {'eval_mode'} else
+          'training error (running mean over augmented batches)')
 
 
+@plotting.styled
 def depth_curves(study: Study, path: str | None = None):
-  """Training (left) and test (right) error vs iteration for each depth:
-  plain dashed, residual solid, mean over seeds (He et al. 2016, Fig. 6)."""
+  """He et al. 2016, Fig. 6: error vs training iterations, one panel per
+  family (plain | ResNet), one colour per depth; the test error bold, the
+  training error thin and dashed; each the mean over seeds with a ± 1 std
+  band, at every evaluation the runs have."""
   groups = _depth_groups(study)
   depths = sorted({g['depth'] for g in groups})
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-  for g in groups:
-    c = study.group_curves(g['group'])
-    if not c:
-      continue
-    for ax, key in zip(axes, ('train_error', 'test_error'), strict=True):
-      ax.plot(c['step'], c[key], **_style(g, depths))
-  for ax, what in zip(axes, ('training', 'test'), strict=True):
-    ax.set(xlabel='iteration', ylabel=f'{what} error (%)',
-           title=f'{what.capitalize()} error')
-    ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8, ncol=2)
-  fig.tight_layout()
-  return _saved(fig, path)
+  colour = {d: plotting.PALETTE[i % len(plotting.PALETTE)]
+            for i, d in enumerate(depths)}
+  families = ('plain', 'ResNet')
+  fig, axes = plotting.figure(1, 2, height=4.4, sharex=True, sharey=True)
+  data: dict[str, Any] = {'band': '± 1 std (ddof=1) over seeds',
+                          'unit': 'error %', 'models': {}}
+  ns = []
+  for ax, family in zip(axes, families, strict=True):
+    handles = []
+    for g in (g for g in groups if _family(g) == family):
+      c = study.group_curves(g['group'])
+      if not c:
+        continue
+      label = model_label(g['model_name'])
+      plotting.band(ax, c['step'], c['test_error'], c['test_error_std'],
+                    color=colour[g['depth']], lw=2.4)
+      plotting.band(ax, c['step'], c['train_error'], c['train_error_std'],
+                    color=colour[g['depth']], lw=1.0, ls='--')
+      handles.append(mlines.Line2D([], [], color=colour[g['depth']], lw=2.4,
+                                   label=label))
+      ns.append(c['n'])
+      data['models'][label] = dict(
+          step=c['step'], n=c['n'], test_error_mean=c['test_error'],
+          test_error_std=c['test_error_std'],
+          train_error_mean=c['train_error'],
+          train_error_std=c['train_error_std'])
+    ax.set(title=f'{family} networks' if family == 'plain' else 'ResNets',
+           xlabel='training iterations')
+    ax.set_ylim(bottom=0)
+    if handles:
+      ax.legend(handles=handles, loc='upper right')
+    else:
+      ax.text(0.5, 0.5, 'no runs', transform=ax.transAxes, ha='center',
+              color='0.5')
+  axes[0].set_ylabel('error (%)')
+  key = [mlines.Line2D([], [], color='0.2', lw=2.4, label='test error'),
+         mlines.Line2D([], [], color='0.2', lw=1.0, ls='--',
+                       label=_train_error_text(groups)),
+         mpatches.Patch(color='0.2', alpha=0.2,
+                        label=f'band: ± 1 std over {_seeds_text(ns)}')]
+  fig.legend(handles=key, loc='outside lower center', ncols=3)
+  data['train_error'] = _train_error_text(groups)
+  return plotting.save(fig, path, data)
 
 
+@plotting.styled
 def error_vs_depth(study: Study, path: str | None = None):
-  """Final training and test error vs depth, plain and residual, with the
-  spread over seeds (± one standard deviation) as error bars."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-  for residual, style in ((False, dict(ls='--', marker='s')),
-                          (True, dict(ls='-', marker='o'))):
-    gs = sorted((g for g in study.groups if g['n']
-                 and (g['residual'] is True) == residual),
-                key=lambda g: g['depth'])
+  """Final training and test error vs depth, plain and ResNet, mean over
+  seeds with the 95 % t-interval as error bars."""
+  fig, axes = plotting.figure(1, 2, height=4.0, sharex=True)
+  groups = _depth_groups(study)
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'error %'}
+  ns = []
+  for family, colour, style in (
+      ('plain', plotting.PALETTE[1], dict(ls='--', marker='s')),
+      ('ResNet', plotting.PALETTE[0], dict(ls='-', marker='o'))):
+    gs = [g for g in groups if _family(g) == family]
     if not gs:
       continue
     for ax, key in zip(axes, ('final_train_error', 'final_test_error'),
                        strict=True):
-      ax.errorbar([g['depth'] for g in gs],
-                  [100 * g[f'{key}_mean'] for g in gs],
-                  yerr=[100 * g[f'{key}_std'] for g in gs], capsize=3,
-                  label='ResNet' if residual else 'plain', **style)
-  for ax, what in zip(axes, ('training', 'test'), strict=True):
-    ax.set(xlabel='depth (weighted layers)',
-           ylabel=f'final {what} error (%)', title=f'Final {what} error')
-    ax.grid(alpha=0.3)
-  axes[0].legend()
-  fig.tight_layout()
-  return _saved(fig, path)
+      values = _seed_values(study, key)
+      points = [_interval(values.get(g['group'], [])) for g in gs]
+      ns += [p['n'] for p in points]
+      ax.errorbar([g['depth'] for g in gs], [p['mean'] for p in points],
+                  yerr=[p['half95'] for p in points], capsize=4,
+                  color=colour, label=family, ms=6, **style)
+      data.setdefault(key, {})[family] = {
+          model_label(g['model_name']): dict(depth=g['depth'], **p)
+          for g, p in zip(gs, points, strict=True)}
+  depths = sorted({g['depth'] for g in groups})
+  for ax, what in zip(axes, (_train_error_text(groups), 'test error'),
+                      strict=True):
+    ax.set(xlabel='depth (weighted layers)', ylabel=f'final {what} (%)',
+           title=f'final {what.split(" (")[0]}')
+    ax.set_xticks(depths)
+  if groups:
+    axes[1].legend(title=_interval_text(ns), loc='best')
+  return plotting.save(fig, path, data)
 
 
+@plotting.styled
 def accuracy_vs_params(study: Study, path: str | None = None):
-  """Final test (and training) accuracy vs parameters, one point per form
-  with ± one standard deviation over seeds; labelled with the receptive
-  field."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for g in (g for g in study.groups if g['n']):
-    for key, marker in (('final_test_error', 'o'),
-                        ('final_train_error', 'x')):
-      ax.errorbar(g['params'], 100 - 100 * g[f'{key}_mean'],
-                  yerr=100 * g[f'{key}_std'], marker=marker, capsize=3,
-                  color='C0' if marker == 'o' else 'C1', ls='none')
-    ax.annotate(f"{g['group']} (RF {g['receptive_field']})",
-                (g['params'], 100 - 100 * g['final_test_error_mean']),
-                textcoords='offset points', xytext=(5, -12), fontsize=7)
-  ax.plot([], [], 'o', color='C0', label='test')
-  ax.plot([], [], 'x', color='C1', label='training (eval mode)')
-  ax.set(xlabel='parameters', ylabel='accuracy (%)',
-         title='Accuracy vs parameters')
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  return _saved(fig, path)
+  """Final test (left) and training (right) accuracy vs parameters, one
+  marker per form (the receptive-field study: one 5×5 vs two 3×3), mean
+  over seeds with the 95 % t-interval as error bars."""
+  fig, axes = plotting.figure(1, 2, height=4.2, sharex=True)
+  groups = sorted((g for g in study.groups if g['n']),
+                  key=lambda g: g['params'])
+  markers = 'osD^vP*X'
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'accuracy %', 'forms': {}}
+  ns, handles = [], []
+  for i, g in enumerate(groups):
+    label = model_label(g['model_name'])
+    if g['receptive_field']:
+      rf = str(g['receptive_field']).replace('x', '×')
+      label += f' (receptive field {rf} px)'
+    # Forms of (almost) the same size side by side, a few points apart on
+    # the page (the data keep their parameter counts).
+    twins = [h for h in groups if abs(h['params'] - g['params'])
+             <= 0.02 * g['params']]
+    shift = 9 * (twins.index(g) - (len(twins) - 1) / 2)
+    style = dict(color=plotting.PALETTE[i % len(plotting.PALETTE)],
+                 marker=markers[i % len(markers)], ms=7, capsize=4, ls='none')
+    entry = data['forms'][label] = dict(params=g['params'])
+    for ax, key in zip(axes, ('final_test_error', 'final_train_error'),
+                       strict=True):
+      errors = _seed_values(study, key).get(g['group'], [])
+      p = _interval([100 - e for e in errors])
+      ns.append(p['n'])
+      drawn = ax.errorbar(g['params'] / 1e3, p['mean'], yerr=p['half95'],
+                          **style)
+      for artist in drawn.get_children():  # after autoscaling saw the data.
+        artist.set_transform(transforms.offset_copy(
+            ax.transData, fig=fig, x=shift, units='points'))
+      entry[key.replace('error', 'accuracy')] = p
+    handles.append(mlines.Line2D([], [], label=label, **{
+        k: v for k, v in style.items() if k != 'capsize'}))
+  kind = _train_error_text(groups).replace('error', 'accuracy')
+  for ax, what in zip(axes, ('test accuracy', kind), strict=True):
+    ax.set(xlabel='parameters (thousands)', ylabel=f'final {what} (%)',
+           title=f'final {what.split(" (")[0]}')
+  if handles:
+    fig.legend(handles=handles, loc='outside lower center', ncols=2,
+               title=_interval_text(ns))
+  return plotting.save(fig, path, data)
 
 
 def table(study: Study, metrics: Sequence[str] = (
@@ -255,50 +390,127 @@ def pivot_table(study: Study, rows: Sequence[str], column: str,
   return '\n'.join(lines)
 
 
+DATASET_LABELS = {'fashion_mnist': 'Fashion-MNIST',
+                  'digits': 'digits (scikit-learn)',
+                  'mnist': 'MNIST', 'cifar10': 'CIFAR-10'}
+REGIME_LABELS = {'scratch': 'from scratch',
+                 'feature_extraction': 'feature extraction (frozen backbone)',
+                 'fine_tune': 'fine-tune the last groups',
+                 'full': 'fine-tune everything'}
+
+
+def _classes_text(classes) -> str:
+  classes = list(classes or ())
+  if len(classes) > 1 and classes == list(range(classes[0],
+                                                classes[-1] + 1)):
+    return f' classes {classes[0]}–{classes[-1]}'
+  return f" classes {', '.join(map(str, classes))}" if classes else ''
+
+
+def _source_label(study: Study) -> str:
+  names = {r['model_name'] for r in study.rows if r['model_name']}
+  return ', '.join(sorted(model_label(n) for n in names))
+
+
+def _seed_accuracies(study: Study, keys: Sequence[str],
+                     metric: str = 'final_test_error'
+                     ) -> dict[tuple, list[float]]:
+  """Completed members by the values of their override `keys`: the test
+  accuracy (%) of each seed."""
+  out: dict[tuple, list[float]] = {}
+  for row in study.rows:
+    if row['status'] != 'completed' or row[metric] == '':
+      continue
+    overrides = study.overrides[row['member']]
+    key = tuple(_hashable(overrides.get(k)) for k in keys)
+    out.setdefault(key, []).append(100 * (1 - float(row[metric])))
+  return out
+
+
+@plotting.styled
 def transfer_curves(study: Study, path: str | None = None,
                     panel: str = 'input.dataset',
                     x: str = 'input.per_class', line: str = 'transfer.regime'):
   """Test accuracy vs training examples per class, one line per regime and
-  one panel per target data set (mean ± std over seeds)."""
-  stats = accuracy_by(study, [panel, line, x])
-  panels = list(dict.fromkeys(k[0] for k in stats))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4),
-                           squeeze=False)
-  for ax, p in zip(axes[0], panels):
-    for name in dict.fromkeys(k[1] for k in stats if k[0] == p):
-      points = sorted((k[2], v) for k, v in stats.items()
-                      if k[0] == p and k[1] == name)
-      ax.errorbar([q for q, _ in points], [v[0] for _, v in points],
-                  yerr=[v[1] for _, v in points], marker='o', capsize=3,
-                  label=name, linestyle='--' if name == 'scratch' else '-')
+  one panel per target data set; mean over seeds with the 95 % t-interval
+  as error bars."""
+  values = {k: v for k, v in _seed_accuracies(study, [panel, line, x]).items()
+            if k[2] is not None}  # members that set `x`.
+  panels = list(dict.fromkeys(k[0] for k in values)) or [None]
+  lines = list(dict.fromkeys(k[1] for k in values))
+  fig, axes = plotting.figure(1, max(1, len(panels)), height=4.4,
+                              squeeze=False)
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'test accuracy %', 'x': x, 'panels': {}}
+  ns, handles = [], {}
+  for ax, p in zip(axes[0], panels, strict=True):
+    classes = next((o.get('input.classes') for o in study.overrides.values()
+                    if o.get(panel) == p), None)
+    title = (f'target: {DATASET_LABELS.get(p, p)}{_classes_text(classes)}'
+             if values else f'no member sets {x}')
+    for i, name in enumerate(lines):
+      points = sorted(((k[2], _interval(v)) for k, v in values.items()
+                       if k[0] == p and k[1] == name), key=lambda t: t[0])
+      if not points:
+        continue
+      ns += [q['n'] for _, q in points]
+      handles[name] = ax.errorbar(
+          [q for q, _ in points], [v['mean'] for _, v in points],
+          yerr=[v['half95'] for _, v in points], marker='o', capsize=4,
+          color=plotting.PALETTE[i % len(plotting.PALETTE)],
+          ls='--' if name == 'scratch' else '-',
+          label=REGIME_LABELS.get(name, str(name)))
+      data['panels'].setdefault(title, {})[str(name)] = {
+          str(q): v for q, v in points}
+    shots = sorted({k[2] for k in values if k[0] == p})
     ax.set_xscale('log')
-    ax.set_title(f'target: {p}')
-    ax.set_xlabel('training examples per class')
-    ax.set_ylabel('test accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  return _saved(fig, path)
+    ax.set_xticks(shots, [str(q) for q in shots])
+    ax.minorticks_off()
+    ax.set(title=title, ylabel='test accuracy (%)',
+           xlabel='training examples per class' if x == 'input.per_class'
+           else x)
+  fig.suptitle(f'Transfer from a pretrained {_source_label(study)} vs '
+               'training from scratch')
+  if handles:
+    fig.legend(handles=list(handles.values()), loc='outside lower center',
+               ncols=min(2, len(handles)), title=_interval_text(ns))
+  return plotting.save(fig, path, data)
 
 
+@plotting.styled
 def yosinski_curve(study: Study, path: str | None = None):
   """Target test accuracy vs the number of source groups copied, frozen
-  (AnB) vs fine-tuned (AnB+), mean ± std over seeds."""
-  stats = accuracy_by(study, ['transfer.copy_groups', 'transfer.regime'])
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for label, regimes_ in (('frozen (AnB)', ('fine_tune', 'feature_extraction')),
-                          ('fine-tuned (AnB+)', ('full',))):
-    points = sorted((k[0], v) for k, v in stats.items() if k[1] in regimes_
-                    or (k[0] == 0 and label.startswith('fine')))
-    ax.errorbar([n for n, _ in points], [v[0] for _, v in points],
-                yerr=[v[1] for _, v in points], marker='o', capsize=3,
-                label=label)
-  ax.set_xlabel('source parameter groups copied (n)')
-  ax.set_ylabel('target test accuracy (%)')
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  return _saved(fig, path)
+  (AnB) vs fine-tuned (AnB+); mean over seeds with the 95 % t-interval as
+  error bars (Yosinski et al. 2014, Fig. 2)."""
+  values = {k: v for k, v in _seed_accuracies(
+      study, ['transfer.copy_groups', 'transfer.regime']).items()
+            if k[0] is not None}  # members that set copy_groups.
+  fig, ax = plotting.figure()
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'target test accuracy %'}
+  ns = []
+  for i, (label, regimes_) in enumerate((
+      ('frozen (AnB)', ('fine_tune', 'feature_extraction')),
+      ('fine-tuned (AnB+)', ('full',)))):
+    # n = 0 copies nothing: scratch, the start of both curves.
+    points = sorted(((k[0], _interval(v)) for k, v in values.items()
+                     if k[1] in regimes_ or k[0] == 0), key=lambda t: t[0])
+    if not points:
+      continue
+    ns += [v['n'] for _, v in points]
+    ax.errorbar([n for n, _ in points], [v['mean'] for _, v in points],
+                yerr=[v['half95'] for _, v in points], marker='os'[i],
+                capsize=4, ls='-' if i else '--', label=label,
+                color=plotting.PALETTE[i])
+    data[label] = {str(n): v for n, v in points}
+  copies = sorted({k[0] for k in values})
+  ax.set_xticks(copies)
+  ax.set(xlabel='source parameter groups copied, n (0 = from scratch)',
+         ylabel='target test accuracy (%)',
+         title=f'{_source_label(study)} source: the first n groups copied')
+  if ns:
+    ax.legend(title=_interval_text(ns), loc='lower left')
+  return plotting.save(fig, path, data)
 
 
 def read_probes(directory: str) -> list[dict[str, Any]]:
@@ -334,27 +546,47 @@ def probe_comparison(probes: dict[str, list[dict[str, Any]]], shots: int
   return '\n'.join(lines)
 
 
+PROBE_DATA_LABELS = {'fmnist04': 'source task (Fashion-MNIST 0–4)',
+                     'fmnist59': 'similar target (Fashion-MNIST 5–9)',
+                     'digits': 'different target (digits)'}
+
+
+@plotting.styled
 def probe_curves(probes: dict[str, list[dict[str, Any]]], shots: int,
-                 path: str | None = None):
-  """Probe test accuracy vs layer, one line per probed data set."""
-  fig, ax = plt.subplots(figsize=(6.5, 4))
-  for label, rows in probes.items():
-    layers, _, stats = probe_lib.summarise(rows)
-    have = [l for l in layers if (l, shots) in stats]
-    ax.errorbar(range(len(have)), [100 * stats[l, shots][0] for l in have],
-                yerr=[100 * stats[l, shots][1] for l in have], marker='o',
-                capsize=3, label=label)
-    ax.set_xticks(range(len(have)), have, rotation=30, ha='right')
-  ax.set_ylabel(f'linear probe test accuracy (%), '
-                f'{"all" if shots == 0 else shots} per class')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  return _saved(fig, path)
-
-
-def _saved(fig, path: str | None):
-  if path:
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    fig.savefig(path, dpi=110)
-  return fig
+                 path: str | None = None, *, network: str | None = None):
+  """Probe test accuracy vs layer, one line per probed data set (`probes`:
+  label -> `read_probes` rows); mean over seeds with the 95 % t-interval as
+  error bars. `network` (a model name) goes into the title."""
+  fig, ax = plotting.figure()
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'probe test accuracy %', 'shots': shots,
+                          'data': {}}
+  ns, layers, methods = [], [], set()
+  known = list(PROBE_DATA_LABELS)  # source, similar, different first.
+  order = sorted(probes, key=lambda d: known.index(d) if d in known
+                 else len(known))
+  for i, (label, rows) in enumerate((d, probes[d]) for d in order):
+    methods |= {r['method'] for r in rows}
+    per_layer: dict[str, list[float]] = {}
+    for r in rows:
+      if r['shots'] == shots:
+        per_layer.setdefault(r['layer'], []).append(100 * r['test_accuracy'])
+    layers += [name for name in per_layer if name not in layers]
+    points = {name: _interval(v) for name, v in per_layer.items()}
+    ns += [p['n'] for p in points.values()]
+    ax.errorbar([layers.index(name) for name in points],
+                [p['mean'] for p in points.values()],
+                yerr=[p['half95'] for p in points.values()],
+                marker='osD^v'[i % 5], capsize=4,
+                color=plotting.PALETTE[i % len(plotting.PALETTE)],
+                label=PROBE_DATA_LABELS.get(label, label))
+    data['data'][label] = points
+  ax.set_xticks(range(len(layers)), layers, rotation=30, ha='right')
+  per_class = 'all examples' if shots == 0 else f'{shots} examples'
+  ax.set(xlabel='layer (features probed)',
+         ylabel='linear probe test accuracy (%)',
+         title=(f'{model_label(network)}: ' if network else '')
+         + f"{'/'.join(sorted(methods))} probes, {per_class} per class")
+  if probes:
+    ax.legend(title=_interval_text(ns), loc='best')
+  return plotting.save(fig, path, data)

@@ -38,6 +38,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
+from cnn import plotting
 from cnn.common import errors
 from cnn.kernels import forms
 from cnn.training import checkpoint, train
@@ -372,9 +373,8 @@ def _replace_atomically(path: str, write) -> None:
 
 def write_probe_results(rows: Sequence[dict[str, Any]], out_dir: str
                         ) -> tuple[str, str]:
-  """Writes `out_dir/probe.csv` (one row per fit) and `probe.png` (test
-  accuracy vs layer, a line per shots value, error bars ± std over seeds).
-  Returns the two paths."""
+  """Writes `out_dir/probe.csv` (one row per fit, the figure's numbers) and
+  `probe.png` (`probe_figure`), each atomically. Returns the two paths."""
   os.makedirs(out_dir, exist_ok=True)
   csv_path = os.path.join(out_dir, 'probe.csv')
   png_path = os.path.join(out_dir, 'probe.png')
@@ -385,27 +385,43 @@ def write_probe_results(rows: Sequence[dict[str, Any]], out_dir: str
   for r in rows:
     writer.writerow({k: r[k] for k in COLUMNS})
   _replace_atomically(csv_path, lambda f: f.write(text.getvalue().encode()))
-
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  layers, shots, stats = summarise(rows)
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.8 * len(layers)), 3.6))
-  x = np.arange(len(layers))
-  for s in shots:
-    have = [i for i, layer in enumerate(layers) if (layer, s) in stats]
-    ax.errorbar(x[have], [stats[layers[i], s][0] for i in have],
-                yerr=[stats[layers[i], s][1] for i in have], marker='o',
-                capsize=3, label=_shots_name(s))
-  ax.set_xticks(x, layers, rotation=30, ha='right')
-  ax.set_ylabel('test accuracy')
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.set_title(f'linear probes ({rows[0]["method"]})' if rows else
-               'linear probes')
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  _replace_atomically(png_path,
-                      lambda f: fig.savefig(f, format='png', dpi=common.DPI))
-  plt.close(fig)
+  probe_figure(rows, png_path)
   return csv_path, png_path
+
+
+@plotting.styled
+def probe_figure(rows: Sequence[dict[str, Any]], path: str | None = None,
+                 *, title: str | None = None):
+  """Probe test accuracy (%) vs layer, a line per shots value: the mean over
+  seeds with the 95 % t-interval as error bars. Written to `path` (PNG
+  only: the rows' probe.csv beside it is its data) in the figure standard
+  (`cnn.plotting`); returns the figure. `title` (the network and data
+  probed) heads it."""
+  layers = list(dict.fromkeys(r['layer'] for r in rows))
+  shots = list(dict.fromkeys(r['shots'] for r in rows))
+  fig, ax = plotting.figure()
+  seeds = set()
+  for i, s in enumerate(shots):
+    points = []
+    for x, layer in enumerate(layers):
+      acc = [100 * r['test_accuracy'] for r in rows
+             if r['layer'] == layer and r['shots'] == s]
+      if acc:
+        points.append((x, *plotting.interval95(acc)))
+        seeds.add(len(acc))
+    ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                yerr=[p[2] for p in points], marker='osD^v'[i % 5],
+                capsize=4,
+                label='all examples' if s == 0 else f'{s} examples per class')
+  ax.set_xticks(range(len(layers)), layers, rotation=30, ha='right')
+  ax.set_ylim(0, 100)
+  methods = '/'.join(sorted({r['method'] for r in rows})) or 'linear'
+  lo, hi = min(seeds, default=0), max(seeds, default=0)
+  n = f'{lo}–{hi}' if hi > lo else str(lo)
+  n += ' seed' if n == '1' else ' seeds'
+  ax.set(xlabel='layer (features probed)', ylabel='probe test accuracy (%)',
+         title=f'{title}: {methods} probes' if title
+         else f'{methods} probes on each layer')
+  if rows:
+    ax.legend(title=f'mean ± 95 % interval, n = {n}', loc='best')
+  return plotting.save(fig, path, vector=False)

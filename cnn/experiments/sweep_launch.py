@@ -10,6 +10,7 @@ they steer; `main.py` only calls `run`.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -53,8 +54,21 @@ def _executor(workdir: str):
   return executor
 
 
-def run(config, sweep_name: str, module, *, workdir: str, mode: str,
-        member: str | None) -> int:
+def members_of(module, config_arg: str | None):
+  """The sweep's members: `module.get_sweep(config_arg)` for a config that
+  takes the ARG of `--config=FILE:ARG` (`:runlocal` shrinks the member list
+  as it shrinks the base), else `module.get_sweep()`."""
+  # pylint: disable=g-import-not-at-top
+  from cnn.experiments import sweep
+  get_sweep = module.get_sweep
+  takes_arg = bool(inspect.signature(get_sweep).parameters)
+  overrides = get_sweep(config_arg) if takes_arg else get_sweep()
+  return sweep.members_of(overrides,
+                          getattr(module, 'member_name', sweep.member_name))
+
+
+def run(config, sweep_name: str, module, config_arg: str | None = None, *,
+        workdir: str, mode: str, member: str | None) -> int:
   """Runs (or submits) the members of a sweep config; returns the exit code.
 
   Args:
@@ -63,6 +77,7 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
     sweep_name: the config file's name (`depth_study_fmnist`).
     module: the config module, with `get_sweep()` (and optionally
       `member_name(overrides)`).
+    config_arg: ARG of `--config=FILE:ARG` (e.g. 'runlocal'), or None.
     workdir: the sweep's directory; members train into `workdir/<name>/`.
     mode: 'train' or 'results' (only write results.csv/json).
     member: run only this member, or a comma list of members (what a
@@ -70,8 +85,7 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
   """
   # pylint: disable=g-import-not-at-top
   from cnn.experiments import sweep, sweep_results
-  members = sweep.members_of(module.get_sweep(),
-                             getattr(module, 'member_name', sweep.member_name))
+  members = members_of(module, config_arg)
   for m in members:  # every member's overrides are checked before any runs.
     sweep.member_config(config, m)
   if mode == 'results':
@@ -102,8 +116,8 @@ def run(config, sweep_name: str, module, *, workdir: str, mode: str,
   return outcome.exit_code
 
 
-def member_run(config, module, *, workdir: str, member: str | None,
-               mode: str):
+def member_run(config, module, config_arg: str | None = None, *,
+               workdir: str, member: str | None, mode: str):
   """(member config, member workdir) for a mode that reads one trained run
   (`--mode=inspect`, `--mode=probe`) of a sweep config.
 
@@ -113,8 +127,7 @@ def member_run(config, module, *, workdir: str, member: str | None,
   # pylint: disable=g-import-not-at-top
   from cnn.common import errors
   from cnn.experiments import sweep
-  members = sweep.members_of(module.get_sweep(),
-                             getattr(module, 'member_name', sweep.member_name))
+  members = members_of(module, config_arg)
   if not member:
     raise errors.UserError(
         f'--mode={mode} reads one trained run: pass --member=NAME, one of '

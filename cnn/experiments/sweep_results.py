@@ -163,9 +163,14 @@ def member_row(workdir: str, name: str, axes: Sequence[str] = ()
   records = read_metrics(member_dir)
   if records:
     train, test = train_errors(records), test_errors(records)
+    # Best over the evaluations of the final one's size (with
+    # `eval_subset`, earlier ones saw fewer examples: noisier minima).
+    full = [r.get('test_count') == records[-1].get('test_count')
+            for r in records]
     row.update(epochs=records[-1]['epoch'], final_train_error=train[-1],
-               best_train_error=min(train), final_test_error=test[-1],
-               best_test_error=min(test),
+               best_train_error=min(t for t, f in zip(train, full) if f),
+               final_test_error=test[-1],
+               best_test_error=min(t for t, f in zip(test, full) if f),
                examples_per_sec=float(np.nanmean(
                    [r['examples_per_sec'] for r in records])))
   return row

@@ -90,8 +90,9 @@ def supports(dtype) -> bool:
 def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
           strides: tuple[int, int], padding: Padding) -> jax.Array:
   (pt, pb), (pl, pr) = padding
-  # Under vmap (per-example gradients, say) one call per example: correct,
-  # not fast; the models themselves are never vmapped.
+  # Under vmap (packed sweep members, per-example gradients) one call per
+  # member: still faster than XLA's grouped convolution for every net the
+  # studies train (benchmarks/packed_sweep.py, FINDINGS "Sixth pass").
   call = jax.ffi.ffi_call(f'cnn_onednn_conv_{target}',
                           jax.ShapeDtypeStruct(tuple(out_shape), a.dtype),
                           vmap_method='sequential')

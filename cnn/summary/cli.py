@@ -5,20 +5,33 @@
     python -m cnn.summary --list
     python -m cnn.summary --model=lenet5 --plot=lenet5_cost.png
 
-Besides the forward counts the table reports the training step: about 3 x
-the forward FLOPs, and the memory XLA plans for a compiled value_and_grad
-step (`--train_batch`, default 1; 0 skips the compile).
+`--model=NAME` counts the model as `main.py --config=configs/zoo.py:NAME`
+trains it (the offline Fashion-MNIST: 28x28x1, resized up for models that
+need more, 10 classes), so `main.py --config=configs/zoo.py:NAME
+--mode=summary` prints the same table; `--input_shape` / `--num_classes`
+count another input (`--list` shows each model's natural one). The header
+names the input and where it came from. Besides the forward counts the
+table reports the training step: about 3 x the forward FLOPs, and the memory
+XLA plans for a compiled value_and_grad step (`--train_batch`, default 1; 0
+skips the compile).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import Any, Sequence
 
 from cnn.models import registry
 from cnn.summary import accounting, report
+
+# The config file whose input `--model=NAME` counts by default (a file of
+# this repository, beside the `cnn` package).
+ZOO_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), 'configs', 'zoo.py')
 
 
 def print_summary(model_name: str, input_shape: Sequence[int] | None = None,
@@ -43,23 +56,47 @@ def print_summary_for_config(config, as_json: bool = False,
   data, the model's natural input and classes. `config.input.image_size` > 0
   resizes the input as the trainer does.
   """
-  name = config.model_name
-  spec = registry.get_spec(name)
+  shape, classes, source = config_input(config)
+  s = accounting.summarize(config.model_name, shape, classes, config.dtype,
+                           **config.model.to_dict())
+  print(s.to_json() if as_json else report.format_table(s, source),
+        file=file or sys.stdout)
+  return s
+
+
+def config_input(config) -> tuple[tuple[int, int, int], int, str]:
+  """(input shape (H, W, C), classes, where they come from) of a training
+  config's model, as `print_summary_for_config` counts it.
+
+  The source is the data set's name (', resized' with
+  `config.input.image_size` > 0) or 'natural input' when the data set's
+  metadata would need its files.
+  """
+  spec = registry.get_spec(config.model_name)
   shape, classes = tuple(spec.input_shape), spec.num_classes
+  source = 'natural input'
   size = int(config.input.image_size)
   try:
     from input_pipeline.sources import datasets  # pylint: disable=g-import-not-at-top
     if config.input.dataset in datasets.local_names():
       info = datasets.get_dataset_info(config.input.dataset)
       shape, classes = tuple(info.image_shape), info.num_classes
+      source = config.input.dataset
   except ImportError:  # The model library used without the data pipeline.
     pass
   if size > 0:
     shape = (size, size, shape[2])
-  s = accounting.summarize(name, shape, classes, config.dtype,
-                           **config.model.to_dict())
-  print(s.to_json() if as_json else report.format_table(s), file=file or sys.stdout)
-  return s
+    source += ', resized'
+  return shape, classes, source
+
+
+def zoo_config(model_name: str):
+  """`configs/zoo.py:model_name` (what `--model` counts by default), or None
+  where this repository's configs/ is not beside the package."""
+  if not os.path.exists(ZOO_CONFIG):
+    return None
+  from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
+  return config_utils.load_config_file(f'{ZOO_CONFIG}:{model_name}')
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
@@ -77,8 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   'receptive fields of a registered model (no compute).')
   parser.add_argument('--model', help='registry name, e.g. lenet5, resnet50')
   parser.add_argument('--input_shape', type=_parse_shape,
-                      help='H,W,C (default: the model\'s natural input)')
-  parser.add_argument('--num_classes', type=int, default=None)
+                      help='H,W,C (default: what configs/zoo.py:MODEL '
+                           'trains on, Fashion-MNIST 28x28x1 resized up '
+                           'where the model needs more)')
+  parser.add_argument('--num_classes', type=int, default=None,
+                      help='head size (default: configs/zoo.py\'s, 10)')
   parser.add_argument('--dtype', default='float32',
                       help='compute dtype: float32 or bfloat16')
   parser.add_argument('--train', action='store_true',
@@ -99,16 +139,27 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.model:
     parser.error('--model is required (or --list).')
   try:
-    s = accounting.summarize(args.model, args.input_shape, args.num_classes,
-                             args.dtype, train=args.train)
+    spec = registry.get_spec(args.model)  # an unknown name lists the valid.
+    config = zoo_config(args.model)
+    if config is None:
+      shape, classes, source = spec.input_shape, spec.num_classes, (
+          'natural input')
+      options = {}
+    else:
+      shape, classes, source = config_input(config)
+      options = config.model.to_dict()
+    if args.input_shape:
+      shape, source = args.input_shape, '--input_shape'
+    classes = args.num_classes or classes
+    s = accounting.summarize(args.model, shape, classes, args.dtype,
+                             train=args.train, **options)
     if args.train_batch > 0:
       s.train_memory = accounting.train_step_memory(
-          args.model, args.input_shape, args.num_classes, args.train_batch,
-          args.dtype)
+          args.model, shape, classes, args.train_batch, args.dtype, **options)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(s.to_json() if args.json else report.format_table(s))
+  print(s.to_json() if args.json else report.format_table(s, source))
   if args.plot:
     from cnn.summary import plot  # pylint: disable=g-import-not-at-top
     plot.plot_summary(s, args.plot)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use('Agg')  # Files only.
-from matplotlib import pyplot as plt  # noqa: E402  (after use)
+# A bare Figure, not pyplot: it writes a PNG under any backend (a notebook's
+# included) and chooses none, and nothing keeps it once written.
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
   from cnn.summary import accounting
@@ -31,7 +30,8 @@ def plot_summary(s: accounting.Summary, path: str, dpi: int = 90) -> str:
       ('FLOPs (M)', [r.flops / 1e6 for r in rows], 'tab:green'),
   )
   height = max(2.5, 0.16 * len(rows) + 1)
-  fig, axes = plt.subplots(1, 3, figsize=(11, height), sharey=True)
+  fig = Figure(figsize=(11, height))
+  axes = fig.subplots(1, 3, sharey=True)
   y = range(len(rows))
   for ax, (title, values, color) in zip(axes, series, strict=True):
     ax.barh(y, values, color=color)
@@ -48,5 +48,4 @@ def plot_summary(s: accounting.Summary, path: str, dpi: int = 90) -> str:
       f'(train step ~{t["train_flops"] / 1e6:.1f})', fontsize=9)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi, bbox_inches='tight')
-  plt.close(fig)
   return path

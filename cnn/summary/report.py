@@ -47,9 +47,10 @@ def _rf_text(v: tuple[int, ...] | None) -> str:
   return str(v[0]) if len(set(v)) == 1 else 'x'.join(map(str, v))
 
 
-def format_table(s: accounting.Summary) -> str:
+def format_table(s: accounting.Summary, input_source: str = '') -> str:
   """A readable per-layer table: one line per row, totals, subtotals per
-  group."""
+  group. The header names the input shape, and `input_source` (where that
+  shape came from: 'fashion_mnist', 'natural input', ...) beside it."""
   head = ('layer', 'type', 'output', 'units', 'weights', 'connections',
           'memory', 'FLOPs', 'RF', 'jump')
   lines = []
@@ -77,8 +78,9 @@ def format_table(s: accounting.Summary) -> str:
 
   rule = '-' * len(fmt(head))
   h, w, c = s.input_shape
-  out = [f'{s.model}: input {h}x{w}x{c}, {s.num_classes} classes, {s.dtype}, '
-         f'{"train" if s.train else "eval"} mode, per image',
+  source = f' ({input_source})' if input_source else ''
+  out = [f'{s.model}: input {h}x{w}x{c}{source}, {s.num_classes} classes, '
+         f'{s.dtype}, {"train" if s.train else "eval"} mode, per image',
          rule, fmt(head), rule, *map(fmt, lines), rule, fmt(total), rule]
   out.append(
       f'params {t["params"]:,} ({t["params_without_bias"]:,} without biases, '

@@ -37,7 +37,7 @@ HISTORY_FILE = 'config_history.jsonl'
 # bookkeeping, evaluation cadence, implementation, data location.
 RERUN_FREE_FIELDS = (
     'accept_recipe_change', 'checkpoint_every_steps', 'conv_impl',
-    'eval_every_epochs', 'eval_on_train', 'input.data_dir',
+    'eval_every_epochs', 'eval_on_train', 'eval_subset', 'input.data_dir',
     'input.eval_batch_size', 'input.manual_dir', 'keep_checkpoints',
     'log_every_steps', 'model.remat', 'progress_bar')
 
@@ -69,12 +69,14 @@ def recipe_changes(old: dict | ml_collections.ConfigDict,
                    ) -> dict[str, tuple[Any, Any]]:
   """{dotted field: (old, new)} of the changes a rerun may not make alone.
 
-  Free fields and raised extendable fields are left out; a field present on
-  one side only counts as changed (missing = None).
+  Free fields and raised extendable fields are left out, and so are fields
+  present on one side only: a field added to the configs since the workdir
+  trained (new options come at the value that keeps the old behaviour), or
+  one since removed.
   """
   a, b = flatten(old), flatten(new)
   changes = {}
-  for field in sorted(set(a) | set(b)):
+  for field in sorted(set(a) & set(b)):
     before, after = a.get(field), b.get(field)
     if before == after or field in RERUN_FREE_FIELDS:
       continue

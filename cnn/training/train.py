@@ -304,6 +304,7 @@ class _Run:
   mesh: Any
   source: input_pipeline.TrainSource
   eval_sets: dict[str, Callable]  # metrics prefix -> batches
+  eval_sets_between: dict[str, Callable]  # the same before the last eval.
   program: Program
   state: steps.TrainState
   total_steps: int
@@ -324,7 +325,8 @@ class _Run:
 
 
 def _load_data(config: ml_collections.ConfigDict, mesh):
-  """(train source, {prefix: eval batches}, DatasetInfo); fails on bad
+  """(train source, {prefix: eval batches}, the same for evaluations before
+  the last (`config.eval_subset`), DatasetInfo); fails on bad
   names, sizes or files before anything in the workdir is written."""
   inp = config.input
   registry.get_spec(config.model_name)  # unknown names fail before data I/O.
@@ -339,11 +341,29 @@ def _load_data(config: ml_collections.ConfigDict, mesh):
       mesh=mesh, data_axis=sharding.DATA_AXIS)
   devices = jax.device_count()
   eval_batch_size = -(-inp.eval_batch_size // devices) * devices
-  eval_sets = {'test': _eval_batches(inp, eval_batch_size, mesh)}
-  if config.eval_on_train:
-    eval_sets['train_eval'] = _eval_batches(inp, eval_batch_size, mesh,
-                                            split='train')
-  return source, eval_sets, info
+
+  def sets(input_config):
+    out = {'test': _eval_batches(input_config, eval_batch_size, mesh)}
+    if inp.validation_per_class or inp.validation_fraction:
+      out['validation'] = _eval_batches(input_config, eval_batch_size, mesh,
+                                        split='validation')
+    if config.eval_on_train:
+      out['train_eval'] = _eval_batches(input_config, eval_batch_size, mesh,
+                                        split='train')
+    return out
+
+  eval_sets = sets(inp)
+  # Dense curves at little cost: evaluations before the last on the first
+  # `eval_subset` examples of each set; the last one on all of them.
+  between = eval_sets
+  if config.eval_subset > 0:
+    first = ml_collections.ConfigDict(inp.to_dict())
+    first.test_subset = min(config.eval_subset,
+                            inp.test_subset or config.eval_subset)
+    first.train_subset = min(config.eval_subset,
+                             inp.train_subset or config.eval_subset)
+    between = sets(first)
+  return source, eval_sets, between, info
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: str,
@@ -353,7 +373,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str,
   once until the workdir is first written, then waits for the loop."""
   start_time = time.time()
   mesh = sharding.create_mesh()
-  source, eval_sets, info = _load_data(config, mesh)
+  source, eval_sets, eval_sets_between, info = _load_data(config, mesh)
   spe = source.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(round(config.num_epochs * spe)))
@@ -400,7 +420,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str,
     recipe.record(config, workdir, int(jax.device_get(state.step)))
   return _Run(
       config=config, workdir=workdir, mesh=mesh, source=source,
-      eval_sets=eval_sets,
+      eval_sets=eval_sets, eval_sets_between=eval_sets_between,
       program=program, state=state, total_steps=total_steps,
       eval_every=max(1, int(round(config.eval_every_epochs * spe))),
       checkpointer=checkpointer, writer=writer,
@@ -527,7 +547,8 @@ def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
       examples_per_sec=throughput.examples_per_sec(),
       compile_time_s=throughput.compile_time_s,
       nonfinite_steps=int(sums['nonfinite_count']))
-  for prefix, batches in run.eval_sets.items():
+  sets = run.eval_sets if step == run.total_steps else run.eval_sets_between
+  for prefix, batches in sets.items():
     record.update(evaluate(run.program.eval_step, state, batches, prefix))
   record['wall_time_s'] = time.time() - run.start_time
   return record

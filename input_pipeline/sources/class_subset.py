@@ -52,6 +52,48 @@ def select(images: np.ndarray, labels: np.ndarray, classes: Sequence[int],
   return images[keep], new_label[labels[keep]]
 
 
+def split_indices(labels: np.ndarray, *, per_class: int = 0,
+                  validation: float = 0, seed: int = -1
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(train indices, validation indices) of a training split, per class.
+
+  Args:
+    labels: int [N], already relabelled (`select` without `per_class`).
+    per_class: if > 0, the training examples of each class (few-shot);
+      0 keeps every example that is not held out.
+    validation: examples per class held out for validation: an int >= 1,
+      or a fraction in (0, 1) of each class (digits: 0.2); 0 for none.
+    seed: -1 takes each class's examples in the split's order (the first
+      `per_class` for training, the next ones for validation: a smaller
+      training set is part of a larger one); >= 0 draws them per class with
+      this seed, so seeds resample the few-shot examples. Validation comes
+      from the examples not drawn for training.
+
+  Returns:
+    Sorted int indices into `labels`; disjoint.
+
+  Raises:
+    InputConfigError: a class too small for `per_class` plus `validation`.
+  """
+  rng = np.random.default_rng(seed) if seed >= 0 else None
+  train, held = [], []
+  for c in np.unique(labels):
+    where = np.flatnonzero(labels == c)
+    if rng is not None:
+      where = rng.permutation(where)
+    n_val = (int(round(validation * len(where))) if 0 < validation < 1
+             else int(validation))
+    n_train = per_class or len(where) - n_val
+    if n_train + n_val > len(where) or n_train < 1:
+      raise errors.InputConfigError(
+          f'Class {int(c)} has {len(where)} training examples: too few for '
+          f'{per_class or "the rest"} per class plus {n_val} for validation '
+          '(lower config.input.per_class or validation_per_class).')
+    train.append(where[:n_train])
+    held.append(where[n_train:n_train + n_val])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
 def subset_info(info: datasets.DatasetInfo, classes: Sequence[int]
                 ) -> datasets.DatasetInfo:
   """`info` of the class subset: k classes and their names (split sizes and
