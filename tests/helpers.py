@@ -11,8 +11,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import jax
@@ -79,6 +81,27 @@ def run_main(args: list[str], *, env: dict[str, str] | None = None,
   return subprocess.run(
       [sys.executable, 'main.py', *args], cwd=REPO, env=full_env,
       capture_output=True, text=True, timeout=timeout)
+
+
+def preempt_main(args: list[str], once_exists: str, *, timeout: float = 120
+                 ) -> subprocess.CompletedProcess:
+  """Starts `python main.py ARGS`, sends it SIGTERM once the file
+  `once_exists` appears, and returns what it printed and its exit status
+  (3 when it stopped as preempted)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.Popen([sys.executable, 'main.py', *args], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + timeout
+  while not os.path.exists(once_exists) and time.time() < deadline:
+    time.sleep(0.05)
+  if not os.path.exists(once_exists):
+    proc.kill()
+    raise AssertionError(f'{once_exists} never appeared: '
+                         f'{proc.communicate()[1][-3000:]}')
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def file_digests(directory) -> dict[str, str]:

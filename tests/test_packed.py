@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -17,7 +13,7 @@ import pytest
 from cnn.experiments import sweep
 from cnn.training import checkpoint, packed, train
 from cnn.training.metrics import read_metrics
-from tests.helpers import REPO, run_main, tiny_config
+from tests.helpers import preempt_main, run_main, tiny_config
 from tests.test_sweep import _sweep_file
 
 
@@ -101,20 +97,11 @@ def test_killed_packed_sweep_resumes_each_member(tmp_path):
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   done = run_main([f'--config={config}', f'--workdir={whole}', '--pack=1'])
   assert done.returncode == 0, done.stderr
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen(
-      [sys.executable, 'main.py', f'--config={config}',
-       f'--workdir={split}', '--pack=2'], cwd=REPO, env=env,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   # Both members train at once: stop after their first evaluation.
-  first = os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl')
-  deadline = time.time() + 120
-  while not os.path.exists(first) and time.time() < deadline:
-    time.sleep(0.05)
-  assert os.path.exists(first), 'the packed members never started'
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 3, err
+  stopped = preempt_main(
+      [f'--config={config}', f'--workdir={split}', '--pack=2'],
+      os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl'))
+  assert stopped.returncode == 3, stopped.stderr
   for name in ('activationrelu-seed0', 'activationrelu-seed1'):
     assert sweep.read_result(os.path.join(split, name)) is None
   rerun = run_main([f'--config={config}', f'--workdir={split}', '--pack=2'])

@@ -6,17 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import pytest
 
 from cnn.common import errors
 from cnn.experiments import sweep, sweep_results
-from tests.helpers import REPO, run_main, tiny_config
+from tests.helpers import preempt_main, run_main, tiny_config
 
 # A sweep config file as a user writes one: two seeds of the tiny LeNet-5.
 TINY_SWEEP = '''
@@ -288,20 +284,12 @@ def test_killed_sweep_resumes_to_the_uninterrupted_results(tmp_path):
   assert done.returncode == 0, done.stderr
   assert '2 of 2 members completed' in done.stdout
 
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.Popen(
-      [sys.executable, 'main.py', f'--config={config}',
-       f'--workdir={split}'], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
   # Stop it inside the second member, after its first evaluation.
-  second = os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl')
-  deadline = time.time() + 120
-  while not os.path.exists(second) and time.time() < deadline:
-    time.sleep(0.05)
-  assert os.path.exists(second), 'the second member never started'
-  proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 3, err
+  stopped = preempt_main(
+      [f'--config={config}', f'--workdir={split}'],
+      os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl'))
+  assert stopped.returncode == 3, stopped.stderr
+  out = stopped.stdout
   assert 'rerun the same command' in out
   assert sweep.read_result(os.path.join(split, 'activationrelu-seed1')
                            ) is None
