@@ -115,3 +115,30 @@ def test_killed_packed_sweep_resumes_each_member(tmp_path):
     result = sweep.read_result(os.path.join(split, name))
     assert result['packed_with'] == ['activationrelu-seed0',
                                      'activationrelu-seed1']
+
+
+def test_slurm_gets_one_array_task_per_packed_group(tmp_path):
+  class FakeExecutor:
+    """Collects what submitit would run."""
+
+    def __init__(self):
+      self.commands = []
+
+    def batch(self):
+      import contextlib  # pylint: disable=g-import-not-at-top
+      return contextlib.nullcontext()
+
+    def submit(self, fn, command, cwd):
+      del fn, cwd
+      self.commands.append(command)
+      return type('Job', (), {'job_id': str(len(self.commands))})()
+
+  base = _config(0)
+  members = sweep.members_of(sweep.axis('seed', [0, 1, 2]))
+  groups = sweep.pack_groups(
+      members, [sweep.member_config(base, m) for m in members], 2)
+  executor = FakeExecutor()
+  sweep.submit(members, str(tmp_path), ['main.py', '--pack=2'], executor,
+               groups)
+  assert [c[-1] for c in executor.commands] == ['--member=seed0,seed1',
+                                                '--member=seed2']
