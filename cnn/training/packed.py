@@ -9,9 +9,10 @@ step input), batch-norm statistics, optimiser state and dropout key. A
 small network leaves most of a machine idle; K of them in one program
 amortise the per-operation overhead (benchmarks/packed_sweep.py).
 
-Step inputs are stacked leaf by leaf, except leaves that are one and the
-same object for every member (the device pipeline's data on device), which
-are broadcast (`in_axes=None`), never copied K times.
+Step inputs are stacked leaf by leaf, except leaves that are the same for
+every member (the device pipeline's data on device: each member's source
+holds an equal copy), which are broadcast (`in_axes=None`), never copied K
+times.
 
 `cnn.training.train.train_and_evaluate_packed` runs the loop;
 `cnn.experiments.sweep.pack_groups` chooses the members.
@@ -25,6 +26,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cnn.common import errors
 
@@ -61,11 +63,19 @@ def unstack(tree: Any, count: int) -> list[Any]:
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(count)]
 
 
+def _same(xs: Sequence[Any]) -> bool:
+  first = xs[0]
+  return all(x is first or (
+      np.shape(x) == np.shape(first) and np.result_type(x) == np.result_type(
+          first) and bool(jnp.array_equal(x, first))) for x in xs[1:])
+
+
 def shared_leaves(trees: Sequence[Any]) -> Any:
-  """A tree like `trees[0]` of in_axes: None where every member has the very
-  same leaf object (broadcast, e.g. the data on device), else 0."""
-  return jax.tree.map(lambda *xs: None if all(x is xs[0] for x in xs) else 0,
-                      *trees)
+  """A tree like `trees[0]` of in_axes: None where every member has the same
+  leaf (the same object, or equal values: each member's copy of the data on
+  device), which is broadcast, never stacked; else 0. Called once per packed
+  run; equal values make broadcasting exact."""
+  return jax.tree.map(lambda *xs: None if _same(xs) else 0, *trees)
 
 
 def stack_inputs(trees: Sequence[Any], in_axes: Any) -> Any:
