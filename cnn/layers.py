@@ -169,3 +169,57 @@ class Flatten(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
+
+
+class LocallyConnected(nn.Module):
+  """A convolution without weight sharing: one filter per output position.
+
+  What lies between a fully connected layer and a convolution (lectures
+  000/001; DeepFace's locally connected layers, Keras' LocallyConnected2D):
+  each output position (i, j) has its own K_h x K_w x C -> C' filter over
+  the same local window a convolution would see.
+
+  Input [batch, H, W, C] -> output [batch, H', W', C'] with H' = (H - K_h)
+  // s + 1 ('VALID') or ceil(H / s) ('SAME', zero padding). Parameters:
+  `kernel` [H', W', K_h * K_w * C, C'] and `bias` [H', W', C'], i.e.
+  H' * W' * (K_h * K_w * C * C' + C') weights; connections (multiply-adds)
+  H' * W' * C' * K_h * K_w * C, as the convolution of the same shape.
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: str = 'VALID'
+  use_bias: bool = True
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    (kh, kw), (sh, sw) = self.kernel_size, self.strides
+    if self.padding == 'SAME':
+      pad_h = max((-(-x.shape[1] // sh) - 1) * sh + kh - x.shape[1], 0)
+      pad_w = max((-(-x.shape[2] // sw) - 1) * sw + kw - x.shape[2], 0)
+      x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                      (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    elif self.padding != 'VALID':
+      raise errors.UserError(f"LocallyConnected padding must be 'VALID' or "
+                             f"'SAME', got {self.padding!r}.")
+    out_h = (x.shape[1] - kh) // sh + 1
+    out_w = (x.shape[2] - kw) // sw + 1
+    # The windows by slicing ([batch, H', W', K_h * K_w * C], offsets major):
+    # no convolution primitive, so the accounting counts only the product.
+    patches = jnp.concatenate(
+        [x[:, i:i + (out_h - 1) * sh + 1:sh, j:j + (out_w - 1) * sw + 1:sw]
+         for i in range(kh) for j in range(kw)], axis=-1)
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(in_axis=-2, out_axis=-1,
+                                               batch_axis=(0, 1)),
+        (out_h, out_w, patches.shape[-1], self.features))
+    dtype = self.dtype or x.dtype
+    y = jnp.einsum('nhwk,hwkf->nhwf', patches.astype(dtype),
+                   kernel.astype(dtype))
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros,
+                        (out_h, out_w, self.features))
+      y = y + bias.astype(dtype)
+    return y

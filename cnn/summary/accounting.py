@@ -81,8 +81,8 @@ class LayerRow:
   Attributes:
     name: module path, e.g. 'backbone/stage1_block1/conv1' ('/matmul' rows:
       matmuls traced outside any layer, named after the enclosing module).
-    type: 'Conv', 'Dense', 'Pool', 'GlobalAvgPool', 'Flatten', 'BatchNorm',
-      'Attention', 'matmul', another norm's class name, or the class name of a
+    type: 'Conv', 'Dense', 'LocallyConnected', 'Pool', 'GlobalAvgPool',
+      'Flatten', 'BatchNorm', 'Attention', 'matmul', another norm's class name, or the class name of a
       module that only holds parameters; 'unused' for parameters of modules
       not called in this mode (GoogLeNet's auxiliary heads in evaluation).
     input_shape: [H, W, C] (or [features]) of the layer's first input.
@@ -239,6 +239,7 @@ CONVENTIONS = {
 def _row_type(m: nn.Module) -> str | None:
   """Row type of a module with a known cost formula, else None."""
   for cls, label in ((nn.Conv, 'Conv'), (nn.Dense, 'Dense'),
+                     (layers.LocallyConnected, 'LocallyConnected'),
                      (layers.Pool, 'Pool'),
                      (layers.GlobalAvgPool, 'GlobalAvgPool'),
                      (layers.Flatten, 'Flatten'),
@@ -287,6 +288,14 @@ def _make_row(call: trace.Call, flow: trace.Flow,
   elif isinstance(m, nn.Dense):
     formula = out_units * call.own_params['kernel'][0]
     _check_formula(row, formula)
+  elif isinstance(m, layers.LocallyConnected):
+    # A filter per position: a convolution's connections, H'W' x the
+    # weights of one filter bank.
+    row.kernel = tuple(m.kernel_size)
+    row.strides = tuple(m.strides)
+    row.padding = _padding(m.padding)
+    formula = out_units * int(np.prod(m.kernel_size)) * call.in_shape[-1]
+    _check_formula(row, formula)
   elif isinstance(m, layers.Pool):
     row.kernel = tuple(m.window)
     row.strides = tuple(m.strides) if m.strides else row.kernel
@@ -297,7 +306,8 @@ def _make_row(call: trace.Call, flow: trace.Flow,
     row.kernel = tuple(call.in_shape[1:3])
     row.pool = 'avg'
     row.connections = int(np.prod(call.in_shape[1:]))
-  if row.macs or kind in ('Conv', 'Dense', 'Pool', 'GlobalAvgPool'):
+  if row.macs or kind in ('Conv', 'Dense', 'LocallyConnected', 'Pool',
+                          'GlobalAvgPool'):
     row.units = out_units
   if kind == 'Attention':
     row.units = traced[2]

@@ -228,6 +228,8 @@ class Flow:
     if isinstance(m, nn.Conv):
       kernel = call.own_params.get('kernel', (1, 1, 1, 1))[:-2]
       return grow(rf, kernel, m.strides, m.kernel_dilation)
+    if isinstance(m, layers.LocallyConnected):
+      return grow(rf, tuple(m.kernel_size), tuple(m.strides))
     if isinstance(m, layers.Pool):
       window = tuple(m.window)
       return grow(rf, window, tuple(m.strides) if m.strides else window)
@@ -242,8 +244,9 @@ class Flow:
 
   @staticmethod
   def is_transform(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Conv, layers.Pool, layers.GlobalAvgPool,
-                          layers.Flatten, nn.MultiHeadDotProductAttention))
+    return isinstance(m, (nn.Conv, layers.LocallyConnected, layers.Pool,
+                          layers.GlobalAvgPool, layers.Flatten,
+                          nn.MultiHeadDotProductAttention))
 
   def run(self, jaxpr, image_var) -> None:
     ones = (1,) * len(self.image_hw)
