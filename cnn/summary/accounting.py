@@ -82,9 +82,10 @@ class LayerRow:
     name: module path, e.g. 'backbone/stage1_block1/conv1' ('/matmul' rows:
       matmuls traced outside any layer, named after the enclosing module).
     type: 'Conv', 'Dense', 'LocallyConnected', 'Pool', 'GlobalAvgPool',
-      'Flatten', 'BatchNorm', 'Attention', 'matmul', another norm's class name, or the class name of a
-      module that only holds parameters; 'unused' for parameters of modules
-      not called in this mode (GoogLeNet's auxiliary heads in evaluation).
+      'Flatten', 'BatchNorm', 'Attention', 'matmul', another norm's class
+      name, or the class name of a module that only holds parameters;
+      'unused' for parameters of modules not called in this mode
+      (GoogLeNet's auxiliary heads in evaluation).
     input_shape: [H, W, C] (or [features]) of the layer's first input.
     output_shape: [H, W, C] (or [features]) of its output.
     kernel: conv kernel / pooling window (height, width), in pixels.
