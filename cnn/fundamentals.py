@@ -573,6 +573,52 @@ def stacked_vs_single(num_layers: int, kernel_size: int = 3,
       stacked_nonlinearities=num_layers)
 
 
+def pointwise_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """A 1 x 1 convolution as what it is: one Dense layer applied at every pixel.
+
+  `x @ w` over the channel axis, equal to `conv2d_nhwc(x, w[None, None])`;
+  it costs C_in C_out multiply-adds per output position.
+
+  Args:
+    x: images [N, H, W, C_in].
+    w: the Dense kernel [C_in, C_out] (a 1 x 1 conv's HWIO kernel without
+      its two leading 1s).
+
+  Returns:
+    [N, H, W, C_out] float64.
+  """
+  return np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+
+
+class SeparableCost(NamedTuple):
+  """Multiply-adds per output position: standard vs depthwise-separable conv.
+
+  Attributes:
+    standard: K^2 C C' for one K x K convolution from C to C' channels.
+    separable: K^2 C (depthwise K x K, one filter per input channel) +
+      C C' (pointwise 1 x 1 from C to C').
+    ratio: separable / standard = 1/C' + 1/K^2 (exact).
+  """
+
+  standard: int
+  separable: int
+  ratio: float
+
+
+def separable_cost(kernel_size: int, in_channels: int,
+                   out_channels: int) -> SeparableCost:
+  """Why MobileNets factor a convolution into depthwise + pointwise.
+
+  Costs are multiply-adds per output position (multiply by H' W' for a
+  layer; biases not counted). E.g. K = 3, C = 32, C' = 64: 18,432 vs
+  288 + 2,048 = 2,336, a ratio of 1/64 + 1/9 = 0.1267.
+  """
+  k2 = kernel_size * kernel_size
+  standard = k2 * in_channels * out_channels
+  separable = k2 * in_channels + in_channels * out_channels
+  return SeparableCost(standard, separable, separable / standard)
+
+
 # --------------------------------------------------------------------------
 # Backpropagation through a convolution layer.
 # --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -539,3 +540,42 @@ def test_input_pixel_consumers_are_the_jacobian_column():
   np.testing.assert_array_equal(taps >= 0, reads)
   # Output (1, 1) reads input (2 * 1 - 1 + i, 2 * 1 - 1 + j): tap (2, 1).
   assert taps[1, 1] == 2 * 3 + 1
+
+
+# --- 1x1 convolutions and depthwise-separable cost. ------------------------
+
+
+def test_pointwise_conv_is_a_per_pixel_dense_layer():
+  x, w = _rand(2, 5, 4, 3), _rand(3, 7)
+  # The numpy reference: a 1x1 conv with kernel [1, 1, C, C'] is x @ w.
+  ours = F.pointwise_conv(x, w)
+  np.testing.assert_allclose(ours, F.conv2d_nhwc(x, w[None, None]),
+                             rtol=1e-12, atol=1e-12)
+  # Flax: nn.Conv (1, 1) and nn.Dense with the same weights and bias give the
+  # same output at every pixel.
+  b = _rand(7)
+  x32 = jnp.asarray(x, jnp.float32)
+  conv = nn.Conv(7, (1, 1), precision=jax.lax.Precision.HIGHEST).apply(
+      {'params': {'kernel': w[None, None], 'bias': b}}, x32)
+  dense = nn.Dense(7, precision=jax.lax.Precision.HIGHEST).apply(
+      {'params': {'kernel': w, 'bias': b}}, x32)
+  np.testing.assert_allclose(conv, dense, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conv, ours + b, rtol=1e-5, atol=1e-5)
+  # Cost: C C' = 21 multiply-adds per position, 5 * 5 * 21 on a 5x5 image
+  # (tests/test_summary.py checks the same count in a traced model).
+  counts = F.conv_layer_counts(5, 3, 7, 1)
+  assert counts.connections == 5 * 5 * 3 * 7 and counts.weights == 3 * 7
+
+
+def test_separable_cost_by_hand():
+  # K = 3, C = 32, C' = 64: 9 * 32 * 64 = 18,432 vs 9 * 32 + 32 * 64 = 2,336.
+  cost = F.separable_cost(3, 32, 64)
+  assert (cost.standard, cost.separable) == (18_432, 2_336)
+  assert cost.ratio == pytest.approx(1 / 64 + 1 / 9)
+  # MobileNetV2's stage2_block1: depthwise 3x3 on 96 channels, projection to
+  # 24: 20,736 vs 864 + 2,304 = 3,168, ratio 1/24 + 1/9.
+  cost = F.separable_cost(3, 96, 24)
+  assert (cost.standard, cost.separable) == (20_736, 3_168)
+  assert cost.ratio == pytest.approx(1 / 24 + 1 / 9)
+  # A 5x5 (EfficientNet's MBConv): 25 * 40 * 80 = 80,000 vs 1,000 + 3,200.
+  assert F.separable_cost(5, 40, 80)[:2] == (80_000, 4_200)

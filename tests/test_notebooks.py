@@ -118,8 +118,9 @@ def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
                                      'YOSINSKI_STUDIES': str(export),
                                      'PROBES': str(probes)})
   # Depth curves, error vs depth, accuracy vs parameters, transfer curves,
-  # the Yosinski curve and the probe curves, each drawn once.
-  assert _images(done) == 6
+  # the Yosinski curve and the probe curves, each drawn once; then the 1x1
+  # conv = Dense check and the MobileNetV2 separable-cost bars.
+  assert _images(done) == 8
 
 
 def test_training_curves_notebook_runs(tiny_sweep):

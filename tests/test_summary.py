@@ -613,3 +613,46 @@ def test_print_summary_for_config():
   config.input.image_size = 36
   s = summary.print_summary_for_config(config, as_json=True, file=buf)
   assert s.input_shape == (36, 36, 1)
+
+
+# --- 1x1 convolutions and depthwise-separable blocks. ----------------------
+
+
+class _Pointwise(nn.Module):
+  """A 1x1 conv 3 -> 8 channels, then the head."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.Conv(8, (1, 1), name='pointwise')(x)
+    return nn.Dense(2, name='head')(x.reshape(x.shape[0], -1))
+
+
+def test_pointwise_conv_costs_c_times_c_prime_per_position():
+  row = summary.summarize(_Pointwise(), (5, 4, 3)).layer('pointwise')
+  assert row.output_shape == (5, 4, 8)
+  assert row.macs == 5 * 4 * 3 * 8  # H W C C': 24 multiply-adds a position.
+  assert row.params == 3 * 8 + 8
+
+
+def test_mobilenet_v2_separable_blocks_by_hand():
+  from cnn import fundamentals
+  from cnn.summary import separable
+  costs = separable.block_costs(_summary('mobilenet_v2'))
+  assert len(costs) == 17  # 1 + 2 + 3 + 4 + 3 + 3 + 1 inverted residuals.
+  first = costs[1]
+  # stage2_block1 at 224x224: expand 16 -> 96 at 112x112, depthwise 3x3/2 on
+  # 96 channels to 56x56, project 96 -> 24. Standard 3x3 conv 96 -> 24:
+  # 56 * 56 * 9 * 96 * 24 = 65,028,096; separable 56 * 56 * (9 * 96 + 96 * 24)
+  # = 9,934,848; ratio 1/24 + 1/9.
+  assert first.block == 'backbone/stage2_block1'
+  assert (first.kernel_size, first.in_channels, first.out_channels,
+          first.positions) == (3, 96, 24, 56 * 56)
+  assert (first.standard, first.separable) == (65_028_096, 9_934_848)
+  assert first.ratio == pytest.approx(1 / 24 + 1 / 9)
+  last = costs[-1]  # stage7_block1: 960 -> 320 channels at 7x7.
+  assert (last.in_channels, last.out_channels, last.positions) == (
+      960, 320, 49)
+  assert last.ratio == pytest.approx(1 / 320 + 1 / 9)
+  for c in costs:
+    assert c.ratio == pytest.approx(
+        fundamentals.separable_cost(3, c.in_channels, c.out_channels).ratio)

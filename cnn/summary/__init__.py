@@ -11,6 +11,7 @@ field, plus totals) without running the model. The parts:
   report.py      the text table and the model listing
   cli.py         the print functions and the command line (`__main__.py`)
   plot.py        `--plot`: per-layer memory / parameter / FLOP bars
+  separable.py   MobileNetV2's blocks: depthwise-separable vs standard cost
 """
 
 from cnn.summary import accounting, cli, report
