@@ -783,3 +783,36 @@ def input_pixel_consumers(input_hw: tuple[int, int],
             and o[1] * sw - pad_w[0] + j * dw == pixel[1]):
           taps[o] = i * kernel_hw[1] + j
   return taps
+
+
+def compose_conv_kernels(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
+  """The one kernel of two stacked stride-1 'VALID' convolution layers.
+
+  Cross-correlating with k1, then with k2, is cross-correlating once with
+  K[d, c, c2] = sum over a + b = d (2-D offsets) and c1 of
+  k1[a, c, c1] k2[b, c1, c2] (a full convolution of the two kernels over
+  space, a matrix product over channels): depth without a non-linearity
+  (and without biases) adds no expressive power, only a larger receptive
+  field that one bigger layer has too.
+
+  Args:
+    k1: first layer's weights [K1h, K1w, C, C1] (HWIO).
+    k2: second layer's weights [K2h, K2w, C1, C2].
+
+  Returns:
+    [K1h + K2h - 1, K1w + K2w - 1, C, C2] float64, such that
+    `conv2d_nhwc(conv2d_nhwc(x, k1), k2) == conv2d_nhwc(x, K)`.
+  """
+  k1, k2 = np.asarray(k1, np.float64), np.asarray(k2, np.float64)
+  (k1h, k1w, c, c1), (k2h, k2w, c1_, c2) = k1.shape, k2.shape
+  if c1 != c1_:
+    raise ValueError(f'k1 {k1.shape} outputs {c1} channels but k2 '
+                     f'{k2.shape} reads {c1_}.')
+  out = np.zeros((k1h + k2h - 1, k1w + k2w - 1, c, c2))
+  for bi in range(k2h):
+    for bj in range(k2w):
+      # Tap b of the second layer reads the first layer's output at offset b,
+      # which saw the input at offsets b + a.
+      out[bi:bi + k1h, bj:bj + k1w] += np.einsum('hwcd,de->hwce', k1,
+                                                 k2[bi, bj])
+  return out

@@ -36,7 +36,32 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     'sigmoid': nn.sigmoid,
     'relu6': nn.relu6,
     'silu': nn.silu,
+    # Self-normalising (Klambauer et al. 2017): lambda * x for x > 0, lambda *
+    # alpha * (e^x - 1) below, lambda ~ 1.0507, alpha ~ 1.6733; only with
+    # LeCun-normal kernels (`kernel_init_for`) and no batch norm.
+    'selu': nn.selu,
+    # No non-linearity: a stack of layers collapses to one linear map
+    # (`cnn.fundamentals.compose_conv_kernels`).
+    'identity': lambda x: x,
 }
+
+# Kernel initialisers an activation needs, overriding its family's own:
+# SELU self-normalises only from LeCun-normal weights (variance 1 / fan_in).
+ACTIVATION_KERNEL_INITS: dict[str, Callable] = {
+    'selu': nn.initializers.lecun_normal(),
+}
+
+
+def kernel_init_for(activation: str, family_init: Callable) -> Callable:
+  """The kernel initialiser of a family's weighted layers before
+  `activation`: `ACTIVATION_KERNEL_INITS[activation]` where the activation
+  asks for one (selu: LeCun normal), else `family_init` itself (the same
+  object, so every other activation initialises exactly as before).
+
+  The activation's name selects it rather than a separate backbone option, so
+  configs and the identity of existing checkpoints are unchanged.
+  """
+  return ACTIVATION_KERNEL_INITS.get(activation, family_init)
 
 
 def get_activation(name: str, *, stored: bool = False

@@ -209,6 +209,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_epochs = 15.0
   config.num_train_steps = -1  # > 0 overrides num_epochs.
   config.log_every_steps = 100
+  # Also log each module's mean gradient L2 norm since the previous
+  # evaluation as `grad_norm/<module path>` keys of metrics.jsonl (forward
+  # order): per-layer gradient flow, for vanishing-gradient studies. Off: the
+  # step computes no norms.
+  config.log_grad_norms = False
   config.eval_every_epochs = 1.0
   # > 0: evaluations before the last use the first N examples of the test
   # (and train_eval) set, the last one all of them: dense curves, cheaply.

@@ -24,6 +24,10 @@ class LeNet5(nn.Module):
 
   Attributes:
     activation: name in `cnn.layers.ACTIVATIONS` ('tanh' in the 1998 paper).
+      It also picks the C1/C3/F5/F6 kernel initialiser
+      (`layers.kernel_init_for`): LeCun normal (flax's default) for every
+      activation, 'selu' included, as SELU's self-normalisation needs
+      (leave `batch_norm` off for it).
     pool: 'max' or 'avg' subsampling.
     batch_norm: batch norm after C1 and C3 (before the activation).
     pad_to: inputs smaller than this are zero-padded to it (32 in the paper).
@@ -50,7 +54,10 @@ class LeNet5(nn.Module):
       x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
                       (0, 0)))
 
-    conv = layers.conv(dtype, use_bias=not self.batch_norm)
+    kernel_init = layers.kernel_init_for(self.activation,
+                                         nn.linear.default_kernel_init)
+    conv = layers.conv(dtype, use_bias=not self.batch_norm,
+                       kernel_init=kernel_init)
     norm = layers.batch_norm(dtype, train)
 
     def conv_block(x, features, name):
@@ -66,8 +73,10 @@ class LeNet5(nn.Module):
     x = out['stage2'] = conv_block(x, c3, 'c3')                     # C3
     x = out['stage3'] = layers.Pool(self.pool, name='s4')(x)        # S4
     x = layers.Flatten()(x)
-    x = out['stage4'] = act(nn.Dense(f5, dtype=dtype, name='f5')(x))  # F5
-    x = out['stage5'] = act(nn.Dense(f6, dtype=dtype, name='f6')(x))  # F6
+    dense = lambda features, name: nn.Dense(
+        features, dtype=dtype, kernel_init=kernel_init, name=name)
+    x = out['stage4'] = act(dense(f5, 'f5')(x))                     # F5
+    x = out['stage5'] = act(dense(f6, 'f6')(x))                     # F6
     return x, out
 
 

@@ -63,7 +63,8 @@ ModuleDef = Any
 
 # He et al. initialisation, as torchvision's
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): deep plain nets do not
-# train at all from flax's default LeCun init.
+# train at all from flax's default LeCun init. activation='selu' takes LeCun
+# normal instead (`layers.kernel_init_for`).
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
@@ -209,7 +210,10 @@ class ResNet(nn.Module):
     remat: recompute each block's activations in the backward pass instead of
       storing them (`nn.remat`): less memory for deep nets, about one more
       forward pass of compute.
-    activation: name in `cnn.layers.ACTIVATIONS`.
+    activation: name in `cnn.layers.ACTIVATIONS`. It also picks the conv
+      kernels' initialiser (`layers.kernel_init_for`): He (`conv_init`), or
+      LeCun normal for 'selu' (batch norm stays: these nets always have it,
+      so SELU is not self-normalising here, only initialised as it asks).
     dtype: compute dtype.
   """
 
@@ -250,7 +254,8 @@ class ResNet(nn.Module):
     # layers.get_activation); the stem's and the blocks' outputs are not.
     act = layers.get_activation(self.activation)
     inner_act = layers.get_activation(self.activation, stored=True)
-    conv, norm = layers.conv_and_norm(dtype, train, conv_init)
+    conv, norm = layers.conv_and_norm(
+        dtype, train, layers.kernel_init_for(self.activation, conv_init))
     block_cls = BLOCKS[self.block]
     if self.remat:
       block_cls = nn.remat(block_cls)

@@ -6,7 +6,7 @@ reads them only at log intervals (no host sync per step).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import flax.struct
@@ -20,6 +20,11 @@ Metrics = dict[str, Array]
 
 # Step index stored in `first_nonfinite_step` while no bad step was seen.
 NO_STEP = 2**31 - 1
+
+# `config.log_grad_norms`: the metric sums hold one 'grad_norm/<module path>'
+# sum per module and the count of steps summed.
+GRAD_NORM_PREFIX = 'grad_norm/'
+GRAD_NORM_COUNT = 'grad_norm_count'
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -60,19 +65,52 @@ def cross_entropy(logits: Array, labels: Array, label_smoothing: float = 0.0
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def empty_train_metrics() -> Metrics:
-  """Zeroed on-device sums for `train_step`."""
+def empty_train_metrics(grad_norm_modules: Sequence[str] = ()) -> Metrics:
+  """Zeroed on-device sums for `train_step`.
+
+  Args:
+    grad_norm_modules: module paths ('backbone/c1_conv', as `module_grad_norms`
+      names them) whose gradient norms `train_step` should also sum
+      (`config.log_grad_norms`); empty (the default) adds nothing, and the
+      step then computes no norm at all.
+  """
   # Separate arrays (not one shared zero): the step donates each buffer.
   zero = lambda: jnp.zeros((), jnp.float32)
-  return dict(loss_sum=zero(), loss_count=zero(), correct_sum=zero(),
-              count=zero(), nonfinite_count=jnp.zeros((), jnp.int32),
-              first_nonfinite_step=jnp.full((), NO_STEP, jnp.int32))
+  metrics = dict(loss_sum=zero(), loss_count=zero(), correct_sum=zero(),
+                 count=zero(), nonfinite_count=jnp.zeros((), jnp.int32),
+                 first_nonfinite_step=jnp.full((), NO_STEP, jnp.int32))
+  if grad_norm_modules:
+    metrics[GRAD_NORM_COUNT] = zero()
+    metrics.update({GRAD_NORM_PREFIX + m: zero() for m in grad_norm_modules})
+  return metrics
 
 
 def empty_eval_metrics() -> Metrics:
   zero = lambda: jnp.zeros((), jnp.float32)
   return dict(loss_sum=zero(), correct_sum=zero(), count=zero(),
               top5_sum=zero(), top5_count=zero())
+
+
+def module_grad_norms(grads: Any) -> dict[str, Array]:
+  """{module path: L2 norm of the gradient of all its parameters}.
+
+  A module is a parameter's path without its last key, joined by '/':
+  ('backbone', 'stage1_block1', 'conv1', 'kernel') belongs to
+  'backbone/stage1_block1/conv1', whose norm covers its kernel (and bias,
+  if any): sqrt(sum of squares over the module's leaves), float32 scalars.
+  """
+  squares = {}
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    module = param_module(path)
+    squares[module] = squares.get(module, 0.0) + jnp.sum(
+        jnp.square(g.astype(jnp.float32)))
+  return {m: jnp.sqrt(s) for m, s in squares.items()}
+
+
+def param_module(path: Sequence[Any]) -> str:
+  """The module of a parameter's key path (`tree_leaves_with_path`):
+  every key but the last, joined by '/' ('backbone/c1_conv')."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in path[:-1])
 
 
 def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
@@ -82,7 +120,11 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
 
   Args:
     state: the current `TrainState` (replicated over the mesh).
-    metrics: running sums from `empty_train_metrics`.
+    metrics: running sums from `empty_train_metrics`; where they hold
+      'grad_norm/<module>' sums, the step adds each module's gradient norm
+      (`module_grad_norms`, the loss's raw gradient before clipping, weight
+      decay or freezing) on finite steps, and counts them in
+      `grad_norm_count` (decided when the step is traced).
     batch: {'image': float [B, H, W, C], 'label': int32 [B]}, sharded on the
       batch axis; or {'features': float [B, F], 'label'}: the backbone's
       cached pre-logits (`cnn.transfer.cached_features`), the head trains.
@@ -133,6 +175,7 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
                             batch_stats=batch_stats, opt_state=opt_state)
   count = jnp.asarray(batch['label'].shape[0], jnp.float32)
   correct = (logits.argmax(-1) == batch['label']).sum()
+  metrics_in = metrics
   metrics = dict(
       loss_sum=metrics['loss_sum'] + jnp.where(finite, loss * count, 0.0),
       loss_count=metrics['loss_count'] + jnp.where(finite, count, 0.0),
@@ -143,6 +186,14 @@ def train_step(state: TrainState, metrics: Metrics, batch: Batch, *,
           finite, metrics['first_nonfinite_step'],
           jnp.minimum(metrics['first_nonfinite_step'], state.step)),
   )
+  logged = [k for k in metrics_in if k.startswith(GRAD_NORM_PREFIX)]
+  if logged:  # static: only runs with `log_grad_norms` compute the norms.
+    norms = module_grad_norms(grads)
+    for key in logged:
+      norm = norms[key[len(GRAD_NORM_PREFIX):]]
+      metrics[key] = metrics_in[key] + jnp.where(finite, norm, 0.0)
+    metrics[GRAD_NORM_COUNT] = metrics_in[GRAD_NORM_COUNT] + finite.astype(
+        jnp.float32)
   return new_state, metrics
 
 

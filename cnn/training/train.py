@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -167,6 +168,8 @@ class Program:
       source's `step_batch_fn` turns the step input into the batch inside.
     eval_step: (state, sums, padded batch) -> sums.
     learning_rate: jitted `learning_rate_fn` (one compile, not one per op).
+    grad_norm_modules: with `config.log_grad_norms`, the module paths whose
+      gradient norms the step sums (`_grad_norm_modules`); else empty.
   """
 
   model: Any
@@ -176,6 +179,7 @@ class Program:
   train_step: Callable
   eval_step: Callable
   learning_rate: Callable
+  grad_norm_modules: tuple[str, ...] = ()
 
 
 _PROGRAMS: dict[tuple, Program] = {}
@@ -232,11 +236,34 @@ def get_program(config: ml_collections.ConfigDict, num_classes: int,
       init=_state_initializer(model, tx, image_shape, mesh),
       train_step=jax.jit(train_step, donate_argnums=(0, 1)),
       eval_step=jax.jit(steps.eval_step, donate_argnums=(1,)),
-      learning_rate=jax.jit(learning_rate_fn))
+      learning_rate=jax.jit(learning_rate_fn),
+      grad_norm_modules=(_grad_norm_modules(model, image_shape, shapes)
+                         if config.log_grad_norms else ()))
   if len(_PROGRAMS) >= _MAX_PROGRAMS:
     _PROGRAMS.pop(next(iter(_PROGRAMS)))
   _PROGRAMS[key] = program
   return program
+
+
+def _grad_norm_modules(model, image_shape: tuple[int, int, int],
+                       shapes: dict) -> tuple[str, ...]:
+  """Every module with parameters ('backbone/c1_conv', ..., 'head'), in the
+  order the network applies them to an image (read off a shape-only trace
+  of `model.init`, as `base.backbone_groups` does: parameter trees sort
+  their keys). Modules never applied in eval mode (auxiliary heads) come
+  last, sorted."""
+  order = {}
+
+  def record(next_fun, args, kwargs, context):
+    order.setdefault('/'.join(context.module.path), None)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    _init_shapes(model, image_shape)
+  owners = {steps.param_module(path) for path, _ in
+            jax.tree_util.tree_leaves_with_path(shapes['params'])}
+  return tuple([m for m in order if m in owners] +
+               sorted(owners - set(order)))
 
 
 # ---------------------------------------------------------------- evaluation
@@ -550,6 +577,11 @@ def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
   sets = run.eval_sets if step == run.total_steps else run.eval_sets_between
   for prefix, batches in sets.items():
     record.update(evaluate(run.program.eval_step, state, batches, prefix))
+  # `log_grad_norms`: each module's mean gradient norm over the (finite)
+  # steps since the previous evaluation, in forward order.
+  for module in run.program.grad_norm_modules:
+    key = steps.GRAD_NORM_PREFIX + module
+    record[key] = _mean(sums, key, steps.GRAD_NORM_COUNT)
   record['wall_time_s'] = time.time() - run.start_time
   return record
 
@@ -578,10 +610,11 @@ def _training_log_record(run: _Run, state, step: int, sums: dict[str, float],
       wall_time_s=time.time() - run.start_time)
 
 
-def _new_train_metrics(mesh):
+def _new_train_metrics(mesh, grad_norm_modules: Sequence[str] = ()):
   # Placed like the step's outputs, so the second call hits the same
   # compiled executable as the first.
-  return jax.device_put(steps.empty_train_metrics(), sharding.replicated(mesh))
+  return jax.device_put(steps.empty_train_metrics(grad_norm_modules),
+                        sharding.replicated(mesh))
 
 
 class _Members:
@@ -609,7 +642,8 @@ class _Members:
     self.step_fn = packed.packed_step(program.train_step, in_axes)
 
   def new_metrics(self):
-    metrics = _new_train_metrics(self.runs[0].mesh)
+    metrics = _new_train_metrics(self.runs[0].mesh,
+                                 self.runs[0].program.grad_norm_modules)
     if len(self.runs) == 1:
       return metrics
     return packed.stack([metrics] * len(self.runs))
