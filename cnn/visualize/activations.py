@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn.visualize import common
+from cnn import plotting
+from cnn.visualize import common, receptive_field
 
 
 def stage_activations(model, variables, image: np.ndarray
@@ -39,26 +40,35 @@ def plot_activations(model, variables, image: np.ndarray, path: str,
     `path`.
   """
   acts = stage_activations(model, variables, image)
-  fig, axes = common.subplots(len(acts), channels + 1)
+  fields = receptive_field.theoretical_fields(model, np.shape(image))
   data = {'stages': {}}
-  for row, (stage, a) in enumerate(acts.items()):
-    common.show(axes[row, 0], image if display_image is None
-                else display_image, 'input' if row == 0 else None)
-    strength = a.mean(axis=(0, 1))
-    order = np.argsort(-strength)[:channels]
-    for col in range(channels):
-      ax = axes[row, col + 1]
-      if col < len(order):
-        common.show(ax, a[..., order[col]], f'#{order[col]}')
-      else:
-        ax.axis('off')
-    h, w, c = a.shape
-    axes[row, 0].set_ylabel(f'{stage}\n{h}x{w}x{c}', fontsize=7)
-    data['stages'][stage] = {
-        'shape': [h, w, c], 'channels_shown': order,
-        'mean': float(a.mean()), 'max': float(a.max()),
-        'fraction_zero': float((a == 0).mean()),
-        'mean_per_channel': strength}
-  fig.suptitle('activation maps (most active channels per stage)',
-               fontsize=8)
+  with plotting.style():
+    fig, axes = common.grid(
+        len(acts), channels + 1, width=max(8.0, 1.3 * (channels + 1)),
+        height=1.45 * len(acts) + 0.8)
+    common.show(axes[0, 0], image if display_image is None else
+                display_image, 'input {}x{}'.format(*np.shape(image)[:2]))
+    for row, (stage, a) in enumerate(acts.items()):
+      if row:
+        axes[row, 0].remove()
+      strength = a.mean(axis=(0, 1))
+      order = np.argsort(-strength)[:channels]
+      for col in range(channels):
+        ax = axes[row, col + 1]
+        if col < len(order):
+          common.show(ax, a[..., order[col]], f'#{order[col]}',
+                      cmap='viridis')
+        else:
+          ax.remove()
+      h, w, c = a.shape
+      rf = fields.get(stage, ((None,),))[0][0]
+      axes[row, 1].set_ylabel(f'{stage}\n{h}x{w}x{c}'
+                              + (f'\nRF {rf} px' if rf else ''))
+      data['stages'][stage] = {
+          'shape': [h, w, c], 'channels_shown': order,
+          'mean': float(a.mean()), 'max': float(a.max()),
+          'fraction_zero': float((a == 0).mean()),
+          'mean_per_channel': strength}
+    fig.suptitle(f'activation maps of one test image:\nthe {channels} most '
+                 'active channels (#) of every stage, each scaled on its own')
   return common.save(fig, path, data)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib import patches
 
-from cnn import fundamentals
+from cnn import fundamentals, plotting
 from cnn.visualize import common
 
 # (title, input size, kernel, stride, padding, dilation, pixel).
@@ -32,11 +32,17 @@ def _grid(ax, size: tuple[int, int], title: str) -> None:
   ax.set_ylim(size[0] - 0.5, -0.5)
   ax.set_xticks(np.arange(size[1]) - 0.5, minor=True)
   ax.set_yticks(np.arange(size[0]) - 0.5, minor=True)
-  ax.grid(which='minor', color='0.8', lw=0.5)
   ax.set_xticks([])
   ax.set_yticks([])
+  ax.grid(False)
+  ax.grid(which='minor', color='0.6', lw=0.6, alpha=1)
+  ax.tick_params(which='both', length=0, labelbottom=False, labelleft=False)
   ax.set_aspect('equal')
-  ax.set_title(title, fontsize=7)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  ax.add_patch(patches.Rectangle((-0.5, -0.5), size[1], size[0], fill=False,
+                                 edgecolor='0.3', lw=1.0))
+  ax.set_title(title)
 
 
 def plot_backprop(path: str, cases: Sequence[tuple] = DEFAULT_CASES,
@@ -47,7 +53,18 @@ def plot_backprop(path: str, cases: Sequence[tuple] = DEFAULT_CASES,
   over the highlighted units (numbers in the JSON).
   """
   rng = np.random.default_rng(seed)
-  fig, axes = common.subplots(2, len(cases), cell=1.9)
+  with plotting.style():
+    fig, axes = common.grid(2, len(cases), width=max(8.0, 2.8 * len(cases)),
+                            height=6.6)
+    data = _draw_cases(axes, cases, rng)
+    fig.suptitle('backprop through a convolution: x̄_p = Σ over the output '
+                 'units o reading p of ȳ_o · w[tap]\n(red: the input pixel '
+                 'p; blue: the units o, labelled with the tap i,j they '
+                 'apply to p)')
+  return common.save(fig, path, data)
+
+
+def _draw_cases(axes, cases, rng) -> dict[str, Any]:
   data: dict[str, Any] = {'cases': []}
   for col, (title, size, k, s, p, d, pixel) in enumerate(cases):
     taps = fundamentals.input_pixel_consumers((size, size), (k, k), pixel, s,
@@ -61,20 +78,19 @@ def plot_backprop(path: str, cases: Sequence[tuple] = DEFAULT_CASES,
     ax_in, ax_out = axes[0, col], axes[1, col]
     _grid(ax_in, (size, size), f'{title}\ninput {size}x{size}, pixel {pixel}')
     ax_in.add_patch(patches.Rectangle((pixel[1] - 0.5, pixel[0] - 0.5), 1, 1,
-                                      color='tab:red'))
-    _grid(ax_out, (oh, ow), f'output {oh}x{ow}:\n{int((taps >= 0).sum())} '
-          'units send y-bar')
+                                      color=plotting.PALETTE[1]))
+    sources = int((taps >= 0).sum())
+    _grid(ax_out, (oh, ow), f'output {oh}x{ow}:\n{sources} '
+          + ('unit sends' if sources == 1 else 'units send') + ' ȳ to p')
     for (r, c), t in np.ndenumerate(taps):
       if t >= 0:
         ax_out.add_patch(patches.Rectangle((c - 0.5, r - 0.5), 1, 1,
-                                           color='tab:blue', alpha=0.6))
+                                           color=plotting.PALETTE[5]))
         ax_out.text(c, r, f'{t // k},{t % k}', ha='center', va='center',
-                    fontsize=5)
+                    fontsize=9)
     data['cases'].append({
         'title': title, 'input': size, 'kernel': k, 'stride': s,
         'padding': p, 'dilation': d, 'pixel': list(pixel), 'taps': taps,
         'x_bar_at_pixel': float(dx[0, pixel[0], pixel[1], 0]),
         'sum_over_sources': float(by_sum)})
-  fig.suptitle('x-bar_p = sum over the units reading p of y-bar_o w[tap] '
-               '(labels: tap i,j)', fontsize=8)
-  return common.save(fig, path, data)
+  return data

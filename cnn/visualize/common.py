@@ -2,29 +2,26 @@
 
 Every figure module works through the common model interface:
 `model.apply(variables, images, train=False)` returns `(logits, out)`, where
-`out` maps stage names (`stem`, `stage1`, ...) to intermediates.
+`out` maps stage names (`stem`, `stage1`, ...) to intermediates. Figures are
+made with `cnn.plotting.figure` (here `grid`, always a 2-D array of axes) and
+written with `save`, which is `cnn.plotting.save` (PNG at 150 dpi, PDF and the
+JSON of the numbers) returning the PNG path.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Callable
 
 import jax
 import jax.extend as jex
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
+from cnn import plotting
 from cnn.common import errors
 from cnn.kernels import forms
 
-matplotlib.use('Agg')  # Files only; never a window.
-from matplotlib import pyplot as plt  # noqa: E402  (after use)
-
 Array = jax.Array
-DPI = 90  # Small PNGs (the committed results stay < 200 KB each).
 
 
 def forward(model, variables, images: Array) -> tuple[Array, dict]:
@@ -161,24 +158,55 @@ def display(image: np.ndarray) -> np.ndarray:
   return image[..., 0] if image.shape[-1] == 1 else image[..., :3]
 
 
-def show(ax, image: np.ndarray, title: str | None = None, **kwargs) -> None:
-  """An image on `ax` without ticks ([H, W] maps get a grey colormap)."""
+def show(ax, image: np.ndarray, title: str | None = None, *,
+         scale: bool = True, **kwargs) -> None:
+  """An image on `ax` without ticks or grid ([H, W] maps: grey colormap;
+  [H, W, C] images scaled to 0..1 by `display` unless `scale` is False)."""
   image = np.asarray(image)
-  if image.ndim == 3:
+  if image.ndim == 3 and scale:
     image = display(image)
   kwargs.setdefault('cmap', 'gray')
-  ax.imshow(image, interpolation='nearest', **kwargs)
+  kwargs.setdefault('interpolation', 'nearest')
+  ax.imshow(image, **kwargs)
   ax.set_xticks([])
   ax.set_yticks([])
+  ax.grid(False)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
   if title:
-    ax.set_title(title, fontsize=7)
+    ax.set_title(title)
 
 
-def subplots(rows: int, cols: int, cell: float = 1.3, **kwargs):
-  """A figure of rows x cols axes (always a 2-D array of axes)."""
-  fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows),
-                           squeeze=False, **kwargs)
-  return fig, axes
+def grid(rows: int, cols: int, *, width: float, height: float, **kwargs):
+  """`plotting.figure` of rows x cols axes, always a 2-D array of axes.
+
+  Args:
+    rows, cols: the panel grid.
+    width, height: inches (150 dpi: 8 inches = 1,200 px).
+    **kwargs: passed to `Figure.subplots` (gridspec_kw, sharey, ...).
+  """
+  return plotting.figure(rows, cols, width=width, height=height,
+                         squeeze=False, **kwargs)
+
+
+def overlay(ax, image: np.ndarray, heat: np.ndarray, title: str | None = None,
+            cmap: str = 'inferno', alpha: float = 0.55,
+            extent: tuple[float, float, float, float] | None = None) -> None:
+  """A heat map (scaled to its own 0..max) over `image` [H, W, C] shown grey.
+
+  `heat` is [H, W] on the image's pixels, or any [h, w] grid placed by
+  `extent` (left, right, bottom, top in pixel coordinates: pixel centres
+  are integers), drawn as cells.
+  """
+  show(ax, image, title)
+  heat = np.asarray(heat, np.float64)
+  peak = heat.max() if heat.size and heat.max() > 0 else 1.0
+  # Nearest: each value is one pixel (or cell), as computed; small PNGs.
+  ax.imshow(heat / peak, cmap=cmap, vmin=0, vmax=1, alpha=alpha,
+            interpolation='nearest', extent=extent)
+  h, w = np.shape(image)[:2]
+  ax.set_xlim(-0.5, w - 0.5)
+  ax.set_ylim(h - 0.5, -0.5)
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,16 +218,13 @@ def _jsonable(value: Any) -> Any:
     return _jsonable(np.asarray(value).tolist())
   if isinstance(value, (np.floating, float)):
     return None if not np.isfinite(value) else round(float(value), 6)
-  if isinstance(value, np.integer):
-    return int(value)
+  if isinstance(value, (np.integer, np.bool_)):
+    return value.item()
   return value
 
 
 def save(fig, path: str, data: dict[str, Any]) -> str:
-  """Writes `path` (PNG) and the same name with .json; returns `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=DPI, bbox_inches='tight')
-  plt.close(fig)
-  with open(os.path.splitext(path)[0] + '.json', 'w') as f:
-    json.dump(_jsonable(data), f, indent=1)
+  """`cnn.plotting.save` (PNG, PDF, JSON of `data` rounded to 6 digits);
+  returns `path`."""
+  plotting.save(fig, path, _jsonable(data))
   return path

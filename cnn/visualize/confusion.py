@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from cnn import plotting
 from cnn.visualize import common
 
 
@@ -55,32 +55,48 @@ def plot_confusion(probs: np.ndarray, labels: np.ndarray,
   m = confusion_matrix(labels, preds, num_classes)
   worst = confident_mistakes(labels, probs, count)
   names = list(class_names or map(str, range(num_classes)))
-  short = [n[:7] for n in names]
   cols = 4
   rows = max(1, int(np.ceil(len(worst) / cols)))
-  fig = common.plt.figure(figsize=(10, max(4.2, 1.3 * rows)))
-  grid = fig.add_gridspec(rows, 2 + cols)
-  ax = fig.add_subplot(grid[:, :2])
-  ax.imshow(m, cmap='Blues')
-  for i in range(num_classes):
-    for j in range(num_classes):
-      ax.text(j, i, str(m[i, j]), ha='center', va='center', fontsize=5,
-              color='white' if m[i, j] > m.max() / 2 else 'black')
-  ax.set_xticks(range(num_classes))
-  ax.set_xticklabels(short, rotation=90, fontsize=6)
-  ax.set_yticks(range(num_classes))
-  ax.set_yticklabels(short, fontsize=6)
-  ax.set_xlabel('predicted', fontsize=7)
-  ax.set_ylabel('true', fontsize=7)
-  ax.set_title(f'accuracy {np.mean(preds == labels):.4f} on {len(labels)}',
-               fontsize=8)
-  for n, idx in enumerate(worst):
-    a = fig.add_subplot(grid[n // cols, 2 + n % cols])
-    common.show(a, display_images[idx],
-                f'{short[labels[idx]]}->{short[preds[idx]]} '
-                f'{probs[idx, preds[idx]]:.2f}')
-  fig.suptitle('confusion matrix; most confident mistakes (true->pred p)',
-               fontsize=8)
+  side = max(5.5, 0.55 * num_classes + 1.5)  # The matrix's panel, inches.
+  with plotting.style():
+    fig, axes = common.grid(
+        rows, 2 + cols, width=side + 1.75 * cols,
+        height=max(side, 1.75 * rows) + 0.5,
+        gridspec_kw={'width_ratios': [side / 2] * 2 + [1.75] * cols})
+    spec = axes[0, 0].get_gridspec()
+    for ax in axes[:, :2].ravel():
+      ax.remove()
+    ax = fig.add_subplot(spec[:, :2])
+    ax.imshow(m, cmap='Blues')
+    ax.grid(False)
+    size = 10 if num_classes <= 10 else 8 if num_classes <= 20 else 6
+    for i in range(num_classes):
+      for j in range(num_classes):
+        if num_classes <= 30:
+          ax.text(j, i, str(m[i, j]), ha='center', va='center',
+                  fontsize=size,
+                  color='white' if m[i, j] > m.max() / 2 else 'black')
+    ax.set_xticks(range(num_classes))
+    ax.set_xticklabels(names, rotation=45, ha='right',
+                       rotation_mode='anchor')
+    ax.set_yticks(range(num_classes))
+    ax.set_yticklabels(names)
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('true class')
+    ax.set_title(f'accuracy {np.mean(preds == labels):.3f} on '
+                 f'{len(labels):,} test images')
+    for n in range(rows * cols):
+      a = axes[n // cols, 2 + n % cols]
+      if n >= len(worst):
+        a.remove()
+        continue
+      idx = worst[n]
+      common.show(a, display_images[idx],
+                  f'{names[labels[idx]]}\n→ {names[preds[idx]]} '
+                  f'{probs[idx, preds[idx]]:.2f}')
+      a.title.set_fontsize(9)
+    fig.suptitle('confusion matrix (counts); the most confident mistakes: '
+                 'true class → predicted class, probability')
   data: dict[str, Any] = {
       'class_names': names, 'confusion': m, 'accuracy': float(
           np.mean(preds == labels)), 'count': int(len(labels)),

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cnn import fundamentals
+from cnn import fundamentals, plotting
 from cnn.visualize import common
 
 DEFAULT_KERNELS = ('box_blur', 'gaussian_blur', 'sharpen', 'edge', 'sobel_x',
@@ -36,6 +36,13 @@ def apply_kernels(images: np.ndarray,
                           for im in images]) for name in names}
 
 
+def _title(name: str) -> str:
+  """'gaussian_blur' -> 'Gaussian blur', 'sobel_x' -> 'Sobel x'."""
+  words = name.split('_')
+  proper = {'gaussian': 'Gaussian', 'sobel': 'Sobel'}
+  return ' '.join([proper.get(words[0], words[0].capitalize()), *words[1:]])
+
+
 def plot_kernels(images: np.ndarray, path: str,
                  names: Sequence[str] = DEFAULT_KERNELS) -> str:
   """Figure: rows = images, columns = original then each kernel's response.
@@ -49,18 +56,23 @@ def plot_kernels(images: np.ndarray, path: str,
     `path`.
   """
   responses = apply_kernels(images, names)
-  fig, axes = common.subplots(len(images), len(names) + 1)
-  for i, image in enumerate(images):
-    common.show(axes[i, 0], image, 'original' if i == 0 else None)
-    for j, name in enumerate(names):
-      r = responses[name][i]
-      signed = fundamentals.get_kernel(name).sum() == 0  # Edges: +/- values.
-      m = np.abs(r).max() or 1.0
-      common.show(axes[i, j + 1], r[..., 0] if r.shape[-1] == 1 else
-                  np.abs(r).mean(-1), name if i == 0 else None,
-                  **({'cmap': 'RdBu_r', 'vmin': -m, 'vmax': m}
-                     if signed and r.shape[-1] == 1 else {}))
-  fig.suptitle('classic kernels (cross-correlation, same size)', fontsize=8)
+  cols = len(names) + 1
+  with plotting.style():
+    fig, axes = common.grid(len(images), cols, width=max(8.0, 1.6 * cols),
+                            height=1.6 * len(images) + 0.8)
+    for i, image in enumerate(images):
+      common.show(axes[i, 0], image, 'original' if i == 0 else None)
+      for j, name in enumerate(names):
+        r = responses[name][i]
+        signed = fundamentals.get_kernel(name).sum() == 0  # Edges: +/- values.
+        m = np.abs(r).max() or 1.0
+        common.show(axes[i, j + 1], r[..., 0] if r.shape[-1] == 1 else
+                    np.abs(r).mean(-1), _title(name) if i == 0 else None,
+                    **({'cmap': 'RdBu_r', 'vmin': -m, 'vmax': m}
+                       if signed and r.shape[-1] == 1 else {}))
+    fig.suptitle('classic kernels, cross-correlated with test images (same '
+                 'size, zero padding);\nedge and Sobel responses: red > 0 > '
+                 'blue')
   data = {
       'kernels': {n: fundamentals.get_kernel(n) for n in names},
       'response_stats': {

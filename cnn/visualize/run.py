@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Sequence
 
+from cnn import plotting
 from cnn.common import errors
 from cnn.kernels import forms
 from cnn.visualize import (
@@ -32,27 +33,28 @@ from cnn.visualize import (
   receptive_field,
   saliency,
   shift,
+  top_patches,
   workdir,
 )
 
 
 def _summary_plot(run: workdir.Run, path: str) -> str:
-  from cnn import summary  # pylint: disable=g-import-not-at-top
-  from cnn.summary import plot  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from cnn import summary
+  from cnn.summary import plot
   s = summary.summarize(run.config.model_name, run.input_shape,
                         run.info.num_classes, run.config.dtype,
                         **run.config.model.to_dict())
-  plot.plot_summary(s, path)
-  with open(os.path.splitext(path)[0] + '.json', 'w') as f:
-    json.dump({'totals': s.totals, 'groups': s.groups()}, f, indent=1)
-  return path
+  return plot.plot_summary(s, path)
 
 
 def write_all(config, workdir_path: str, out_dir: str | None = None, *,
               image_index: int = 0, stage: str | None = None,
-              num_test: int = 1000, erf_images: int = 32,
+              num_test: int = 1000,
+              erf_images: int = receptive_field.ERF_IMAGES,
               shift_images: int = 64, max_shift: int = 8,
-              saliency_images: int = 4) -> list[str]:
+              saliency_images: int = 4, patch_units: int = 6,
+              patch_images: int = 6) -> list[str]:
   """Writes every figure of the run in `workdir_path`.
 
   Args:
@@ -62,11 +64,15 @@ def write_all(config, workdir_path: str, out_dir: str | None = None, *,
     out_dir: where the figures go; default `<workdir>/figures`.
     image_index: test image of the activation-map figure.
     stage: Grad-CAM stage; default the last spatial stage.
-    num_test: test images for the confusion matrix and consistency.
-    erf_images: images averaged in the effective receptive fields.
+    num_test: test images for the confusion matrix, consistency and the
+      top patches' search.
+    erf_images: images averaged in the effective receptive fields (256:
+      Luo et al.'s maps are averages; one image's is noise).
     shift_images: images of the equivariance errors.
     max_shift: largest shift in pixels.
     saliency_images: images of the saliency figure.
+    patch_units: units (channels) per stage in `top_patches.png`.
+    patch_images: top images per unit there.
 
   Returns:
     The PNG paths (each with a .json of its numbers beside it).
@@ -74,6 +80,15 @@ def write_all(config, workdir_path: str, out_dir: str | None = None, *,
   Raises:
     errors.UserError: no checkpoint, unknown stage, image index out of range.
   """
+  with plotting.files_only():
+    return _write_all(config, workdir_path, out_dir, image_index, stage,
+                      num_test, erf_images, shift_images, max_shift,
+                      saliency_images, patch_units, patch_images)
+
+
+def _write_all(config, workdir_path, out_dir, image_index, stage, num_test,
+               erf_images, shift_images, max_shift, saliency_images,
+               patch_units, patch_images) -> list[str]:
   start = time.perf_counter()
   run = workdir.load_run(workdir_path, config, num_test)
   loaded = time.perf_counter() - start
@@ -115,11 +130,18 @@ def write_all(config, workdir_path: str, out_dir: str | None = None, *,
     timed('confusion', lambda: confusion.plot_confusion(
         confusion.predict_probs(run.model, run.variables, run.images),
         run.labels, run.display, path('confusion'), run.info.class_names))
+    # Field starts from the random initial weights (no dead units).
+    timed('top_patches', lambda: top_patches.plot_top_patches(
+        run.model, run.variables, run.images, path('top_patches'),
+        run.display, patch_units, patch_images,
+        receptive_field.field_geometry(run.model, run.init_variables,
+                                       run.input_shape)))
   timed('backprop', backprop.plot_backprop, path('backprop'))
   timed('cost', _summary_plot, run, path('cost'))
   with open(os.path.join(out_dir, 'index.json'), 'w') as f:
     json.dump({'workdir': workdir_path, 'step': run.step,
-               'model': run.config.model_name, 'figures': paths,
+               'model': run.config.model_name,
+               'figures': [os.path.basename(p) for p in paths],
                'seconds': timings,
                'total_seconds': round(time.perf_counter() - start, 2)},
               f, indent=1)
@@ -129,7 +151,8 @@ def write_all(config, workdir_path: str, out_dir: str | None = None, *,
 
 
 def compare(workdir_a: str, workdir_b: str, out_dir: str,
-            labels: Sequence[str] | None = None, *, erf_images: int = 32,
+            labels: Sequence[str] | None = None, *,
+            erf_images: int = receptive_field.ERF_IMAGES,
             shift_images: int = 64, num_test: int = 1000,
             max_shift: int = 8) -> list[str]:
   """Two trained runs side by side (e.g. a ResNet and its plain twin):
@@ -138,6 +161,13 @@ def compare(workdir_a: str, workdir_b: str, out_dir: str,
   Returns:
     The PNG paths: `receptive_field_compare.png`, `shift_compare.png`.
   """
+  with plotting.files_only():
+    return _compare(workdir_a, workdir_b, out_dir, labels, erf_images,
+                    shift_images, num_test, max_shift)
+
+
+def _compare(workdir_a, workdir_b, out_dir, labels, erf_images,
+             shift_images, num_test, max_shift) -> list[str]:
   runs = [workdir.load_run(w, None, num_test) for w in (workdir_a, workdir_b)]
   labels = list(labels or [r.config.model_name for r in runs])
   if labels[0] == labels[1]:

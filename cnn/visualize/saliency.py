@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn import plotting
 from cnn.kernels import forms
-from cnn.visualize import common
+from cnn.visualize import common, receptive_field
 
 
 def vanilla_gradient(model, variables, images: np.ndarray,
@@ -80,7 +81,8 @@ def plot_saliency(model, variables, images: np.ndarray, path: str,
                   stage: str, display_images: np.ndarray | None = None,
                   class_names: tuple[str, ...] | None = None,
                   labels: np.ndarray | None = None) -> str:
-  """Figure: per image (row) the image, |gradient|, Grad-CAM, grad x act.
+  """Figure: per image (row) the image, then |gradient|, Grad-CAM and
+  gradient x activation, each drawn over the image.
 
   Args:
     model, variables: a `Classifier` and its variables.
@@ -94,22 +96,37 @@ def plot_saliency(model, variables, images: np.ndarray, path: str,
   shown = images if display_images is None else display_images
   grads = vanilla_gradient(model, variables, images)
   cam = grad_cam(model, variables, images, stage)
+  n, height, width = images.shape[:3]
   h, w = cam['cam'].shape[1:]
-  fig, axes = common.subplots(len(images), 4, cell=1.5)
+  # Gradient x activation: one cell per unit of the stage, J pixels wide,
+  # centred on the centre of the unit's receptive field.
+  field = receptive_field.field_geometry(model, variables, images.shape[1:],
+                                         [stage])[stage]
+  top, left, bottom, right = field.box(0, 0)
+  cy, cx = (top + bottom - 1) / 2, (left + right - 1) / 2
+  jy, jx = field.jump
+  extent = (cx - jx / 2, cx + (w - 0.5) * jx, cy + (h - 0.5) * jy,
+            cy - jy / 2)
   name = lambda c: class_names[c] if class_names else str(c)
-  for i in range(len(images)):
-    truth = f' (true {name(labels[i])})' if labels is not None else ''
-    common.show(axes[i, 0], shown[i], f'pred {name(cam["classes"][i])}{truth}')
-    common.show(axes[i, 1], grads[i], '|dlogit/dx|' if i == 0 else None,
-                cmap='hot')
-    common.show(axes[i, 2], shown[i], f'Grad-CAM {stage} ({h}x{w})'
-                if i == 0 else None)
-    axes[i, 2].imshow(cam['cam_upsampled'][i], cmap='jet', alpha=0.5,
-                      interpolation='bilinear')
-    common.show(axes[i, 3], cam['grad_x_act'][i],
-                f'grad x act ({h}x{w})' if i == 0 else None, cmap='hot')
-  fig.suptitle(f'saliency; Grad-CAM at {stage}: a {h}x{w} grid upsampled to '
-               f'{images.shape[1]}x{images.shape[2]}', fontsize=8)
+  columns = ('input', '|∂logit/∂x| (vanilla gradient)',
+             f'Grad-CAM at {stage} ({h}x{w})',
+             f'gradient x activation ({h}x{w})')
+  with plotting.style():
+    fig, axes = common.grid(n, 4, width=10.0, height=2.3 * n + 0.9)
+    for i in range(n):
+      common.show(axes[i, 0], shown[i], columns[0] if i == 0 else None)
+      truth = f'\ntrue {name(labels[i])}' if labels is not None else ''
+      axes[i, 0].set_ylabel(f'pred {name(cam["classes"][i])}{truth}')
+      for col, heat in ((1, grads[i]), (2, cam['cam_upsampled'][i]),
+                        (3, cam['grad_x_act'][i])):
+        common.overlay(axes[i, col], shown[i], heat,
+                       columns[col] if i == 0 else None,
+                       extent=extent if col == 3 else None)
+    fig.suptitle('what the predicted class depends on, drawn over the image '
+                 '(bright: more; each map scaled to its peak)\n'
+                 f'Grad-CAM: a {h}x{w} grid upsampled to {height}x{width}; '
+                 f'gradient x activation: a cell per unit, {jx} px apart, on '
+                 'its field\'s centre')
   data: dict[str, Any] = {
       'stage': stage, 'stage_size': [h, w], 'classes': cam['classes'],
       'labels': labels, 'cam': cam['cam'], 'grad_x_act': cam['grad_x_act'],

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn import plotting
 from cnn.visualize import common, receptive_field
 
 Array = jax.Array
@@ -143,24 +144,15 @@ def consistency(predict: Callable[[Array], Array], images: np.ndarray,
           'same_for_all_up_to': np.cumprod(same, axis=0).mean(1)}
 
 
-def field_starts(model, variables, images: np.ndarray, stages, fields
+def field_starts(model, variables, images: np.ndarray, stages, fields=None
                  ) -> dict[str, int | None]:
-  """{stage: input column where the field of map column 0 begins}.
-
-  Read off the measured field of the centre unit (its non-zero support,
-  which with real images fills the theoretical field): start = left edge -
-  centre column * J. None where that field is clipped by the image border.
-  """
-  out = {}
-  for stage in stages:
-    (_, rf), (_, jump) = fields[stage]
-    erf = receptive_field.model_erf(model, variables, stage, images)
-    cols = np.nonzero(erf.any(0))[0]
-    w = jax.eval_shape(receptive_field.stage_fn(model, variables, stage),
-                       jnp.asarray(images)).shape[2]
-    full = len(cols) and cols[-1] - cols[0] + 1 == rf
-    out[stage] = int(cols[0] - (w // 2) * jump) if full else None
-  return out
+  """{stage: input column where the field of map column 0 begins}, from
+  `receptive_field.field_geometry` (`fields` is not needed any more; kept
+  for callers that pass it)."""
+  del fields
+  geometry = receptive_field.field_geometry(model, variables,
+                                            images.shape[1:], stages)
+  return {s: geometry[s].start[1] for s in stages}
 
 
 def measure(model, variables, images: np.ndarray, consistency_images:
@@ -184,35 +176,41 @@ def measure(model, variables, images: np.ndarray, consistency_images:
   return data
 
 
+def _finish(fig, axes, title: str) -> None:
+  for ax in axes:
+    ax.set_xlabel('shift k (pixels)')
+  axes[0].set_ylabel('relative L2 change')
+  axes[2].set_ylabel('fraction of images')
+  axes[2].set_ylim(0, 1.02)
+  fig.suptitle(title)
+
+
 def plot_shift(data: Mapping[str, Any], path: str, title: str = '') -> str:
   """Figure of `measure(...)`: aligned / unaligned errors, consistency."""
-  fig, axes = common.subplots(1, 3, cell=3.0)
   shifts = data['shifts']
   stages = [k for k in data if k not in ('shifts', 'consistency')]
-  for stage in stages:
-    d = data[stage]
-    line, = axes[0, 0].plot(shifts, d['aligned'], 'o-', ms=3,
-                            label=f'{stage} (J={d["jump"]})')
-    axes[0, 1].plot(shifts, d['unaligned'], 'o-', ms=3, color=line.get_color(),
-                    label=stage)
-    axes[0, 1].plot(shifts, d['pooled'], '--', color=line.get_color())
-  axes[0, 0].set_title('equivariance: aligned by the stride', fontsize=8)
-  axes[0, 1].set_title('unaligned (solid) / global-pooled (dashed)',
-                       fontsize=8)
-  c = data['consistency']
-  axes[0, 2].plot(c['shifts'], c['same_as_unshifted'], 'o-', ms=3,
-                  label='same class as unshifted')
-  axes[0, 2].plot(c['shifts'], c['same_for_all_up_to'], 's-', ms=3,
-                  label='same for all shifts 0..k')
-  axes[0, 2].set_ylim(0, 1.02)
-  axes[0, 2].set_title('classification consistency', fontsize=8)
-  for ax in axes[0]:
-    ax.set_xlabel('shift k (pixels)', fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=5)
-  axes[0, 0].set_ylabel('relative L2 change', fontsize=7)
-  fig.suptitle(title or 'translation', fontsize=8)
-  fig.tight_layout()
+  with plotting.style():
+    fig, axes = plotting.figure(1, 3, width=12.0, height=4.6)
+    for stage in stages:
+      d = data[stage]
+      line, = axes[0].plot(shifts, d['aligned'], 'o-', ms=4,
+                           label=f'{stage} (stride J = {d["jump"]} px)')
+      axes[1].plot(shifts, d['unaligned'], 'o-', ms=4,
+                   color=line.get_color())
+      axes[1].plot(shifts, d['pooled'], '--', color=line.get_color())
+    axes[0].set_title('equivariance: aligned by J')
+    axes[1].set_title('unaligned (—), globally pooled (- -)')
+    c = data['consistency']
+    axes[2].plot(c['shifts'], c['same_as_unshifted'], 'o-', ms=4,
+                 color='black', label='same class as k = 0')
+    axes[2].plot(c['shifts'], c['same_for_all_up_to'], 's--', ms=4,
+                 color='0.55', label='same for all 0..k')
+    axes[2].set_title('classification consistency')
+    axes[2].legend(loc='lower left')
+    fig.legend(*axes[0].get_legend_handles_labels(),
+               loc='outside lower center', ncols=min(len(stages), 4))
+    _finish(fig, axes, title or 'translation: the input shifted right by k '
+            'pixels (circularly)')
   return common.save(fig, path, data)
 
 
@@ -220,30 +218,29 @@ def plot_shift_comparison(runs: Mapping[str, Mapping[str, Any]], path: str
                           ) -> str:
   """Several runs' `measure(...)`: the last stage's aligned and pooled
   errors, and consistency, one colour per run."""
-  fig, axes = common.subplots(1, 3, cell=3.0)
   summary = {}
-  for label, data in runs.items():
-    stages = [k for k in data if k not in ('shifts', 'consistency')]
-    last = data[stages[-1]]
-    shifts = data['shifts']
-    line, = axes[0, 0].plot(shifts, last['aligned'], 'o-', ms=3,
-                            label=f'{label} {stages[-1]} (J={last["jump"]})')
-    axes[0, 1].plot(shifts, last['pooled'], 'o-', ms=3,
-                    color=line.get_color(), label=f'{label} pooled')
-    c = data['consistency']
-    axes[0, 2].plot(c['shifts'], c['same_as_unshifted'], 'o-', ms=3,
-                    color=line.get_color(), label=f'{label} same as k=0')
-    axes[0, 2].plot(c['shifts'], c['same_for_all_up_to'], 's--', ms=3,
-                    color=line.get_color(), label=f'{label} all 0..k')
-    summary[label] = data
-  axes[0, 0].set_title('last stage, aligned by its stride', fontsize=8)
-  axes[0, 1].set_title('last stage after global pooling', fontsize=8)
-  axes[0, 2].set_title('classification consistency', fontsize=8)
-  axes[0, 2].set_ylim(0, 1.02)
-  for ax in axes[0]:
-    ax.set_xlabel('shift k (pixels)', fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.legend(fontsize=5)
-  fig.suptitle('translation: ' + ' vs '.join(runs), fontsize=8)
-  fig.tight_layout()
+  with plotting.style():
+    fig, axes = plotting.figure(1, 3, width=12.0, height=4.6)
+    for label, data in runs.items():
+      stages = [k for k in data if k not in ('shifts', 'consistency')]
+      last = data[stages[-1]]
+      shifts = data['shifts']
+      line, = axes[0].plot(shifts, last['aligned'], 'o-', ms=4,
+                           label=f'{label} ({stages[-1]}, J = '
+                           f'{last["jump"]} px)')
+      axes[1].plot(shifts, last['pooled'], 'o-', ms=4,
+                   color=line.get_color())
+      c = data['consistency']
+      axes[2].plot(c['shifts'], c['same_as_unshifted'], 'o-', ms=4,
+                   color=line.get_color())
+      axes[2].plot(c['shifts'], c['same_for_all_up_to'], 's--', ms=4,
+                   color=line.get_color())
+      summary[label] = data
+    axes[0].set_title('last stage, aligned by its stride')
+    axes[1].set_title('last stage, globally pooled')
+    axes[2].set_title('consistency: same class as k = 0 (—),\n'
+                      'for all shifts 0..k (- -)')
+    fig.legend(*axes[0].get_legend_handles_labels(),
+               loc='outside lower center', ncols=len(runs))
+    _finish(fig, axes, 'translation: ' + ' vs '.join(runs))
   return common.save(fig, path, summary)

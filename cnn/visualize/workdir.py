@@ -2,9 +2,9 @@
 
 `load_run(workdir)` reads the resolved `config.json` the trainer wrote (so
 command-line overrides of the run are honoured), the newest checkpoint as
-numpy arrays (`cnn.training.checkpoint.load_arrays`), and rebuilds the variables at
-initialisation from the run's seed exactly as the trainer does (no training
-program needed).
+numpy arrays (`cnn.training.checkpoint.load_arrays`), and rebuilds the
+variables at initialisation from the run's seed exactly as the trainer does
+(no training program needed).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def load_config(workdir: str, config: ml_collections.ConfigDict | None = None
 
 
 def init_variables(model, config, image_shape) -> dict:
-  """`model.init` as `cnn.training.train` does it: PRNGKey(seed), split, train=False."""
+  """`model.init` as `cnn.training.train` does it: PRNGKey(seed), split,
+  train=False."""
   init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   return jax.jit(lambda key: model.init(
       {'params': key, 'dropout': key},
