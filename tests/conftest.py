@@ -5,6 +5,9 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# PNG and JSON only (a PDF costs ~1 s a figure); test_figures.py checks the
+# PDF of `cnn.plotting.save` itself.
+os.environ.setdefault('CNN_FIGURE_VECTOR_FORMATS', '')
 
 from cnn.training import host_memory  # noqa: E402
 

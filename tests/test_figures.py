@@ -146,7 +146,8 @@ def test_figure_meets_the_standard(name, tmp_path):
   if name == 'probe_figure':  # probe.csv beside it is its data.
     assert written == [f'{name}.png']
   else:
-    assert written == [f'{name}.{ext}' for ext in ('json', 'pdf', 'png')]
+    assert written == sorted(
+        f'{name}.{ext}' for ext in ('json', 'png', *plotting.VECTOR_FORMATS))
     assert json.loads((tmp_path / f'{name}.json').read_text())
 
 
@@ -213,7 +214,9 @@ def test_overlapping_and_cut_off_text_are_found():
   assert plotting.text_outside(fig) == ['beyond the edge']
 
 
-def test_save_writes_png_pdf_json_and_no_temporary_files(tmp_path):
+def test_save_writes_png_pdf_json_and_no_temporary_files(tmp_path,
+                                                         monkeypatch):
+  monkeypatch.setattr(plotting, 'VECTOR_FORMATS', ('pdf',))  # conftest: none.
   fig, ax = plotting.figure(1, 2)
   ax[0].plot([0, 1], [0, 1])
   assert plotting.save(fig, str(tmp_path / 'f.png'), {'y': np.arange(2)}) \

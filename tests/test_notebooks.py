@@ -142,7 +142,8 @@ def test_analysis_figures_are_written(tiny_sweep, tmp_path):
     assert path.stat().st_size > 1000
     # The figure standard (tests/test_figures.py): a vector copy and the
     # numbers drawn beside the PNG, no text on other text.
-    assert path.with_suffix('.pdf').exists()
+    assert all(path.with_suffix(f'.{fmt}').exists()
+               for fmt in plotting.VECTOR_FORMATS)
     assert path.with_suffix('.json').exists()
     assert plotting.overlapping_text(fig) == []
     # Written and closed: pyplot holds no new figure (no growth in a loop),

@@ -260,6 +260,18 @@ def test_folder_trains_end_to_end_through_main(tmp_path):
   records = read_metrics(str(workdir))
   assert records[-1]['test_count'] == 11
   assert 'test_top5_accuracy' not in records[-1]  # 3 classes.
+  # Inspection and probes of a streamed run draw from its own splits.
+  from cnn.visualize import workdir as inspect_workdir  # pylint: disable=g-import-not-at-top
+  run = inspect_workdir.load_run(str(workdir), num_test=8)
+  assert run.images.shape == (8, 28, 28, 3) and run.info.num_classes == 3
+  assert 0.0 <= run.display.min() and run.display.max() <= 1.0
+  from cnn.experiments import probe  # pylint: disable=g-import-not-at-top
+  rows = probe.probe_workdir(
+      helpers.tiny_config(**{'input.dataset': f'folder:{root}',
+                             'input.image_size': 28,
+                             'input.skip_bad_images': True}),
+      str(workdir), layers=['pre_logits'], shots=[2], seeds=[0])
+  assert len(rows) == 1 and 0.0 <= rows[0]['test_accuracy'] <= 1.0
 
 
 # ------------------------------------------------------------- bad inputs
@@ -411,16 +423,3 @@ def test_imagenet_preprocessing_crops_flips_and_centre_crops(image_folder):
   # The eval view is a pure function of the file: two passes agree.
   again = list(ip.create_eval_batches(config, batch_size=5))
   np.testing.assert_array_equal(evals[0]['image'], again[0]['image'])
-  # Inspection and probes of a streamed run draw from its own splits.
-  from cnn.visualize import workdir as inspect_workdir  # pylint: disable=g-import-not-at-top
-  run = inspect_workdir.load_run(str(workdir), num_test=8)
-  assert run.images.shape == (8, 28, 28, 3) and run.info.num_classes == 3
-  assert 0.0 <= run.display.min() and run.display.max() <= 1.0
-  probe = helpers.run_main([f'--config={helpers.TINY_CONFIG}',
-                            f'--workdir={workdir}', '--mode=probe',
-                            '--probe_shots=2', '--probe_layers=pre_logits',
-                            f'--config.input.dataset=folder:{root}',
-                            '--config.input.image_size=28',
-                            '--config.input.skip_bad_images=True'])
-  assert probe.returncode == 0, probe.stderr[-3000:]
-  assert os.path.exists(workdir / 'probe' / 'probe.csv')

@@ -346,7 +346,10 @@ def test_one_member_through_the_submitit_local_executor(tmp_path):
   assert probe.returncode == 0, probe.stderr
   assert os.path.exists(os.path.join(workdir, 'activationrelu-seed4',
                                      'probe', 'probe.csv'))
-  missing = run_main([f'--config={config}', f'--workdir={workdir}',
-                      '--mode=inspect'])
-  assert missing.returncode == 2
-  assert "--member=NAME, one of ['activationrelu-seed4']" in missing.stderr
+  from cnn.experiments import sweep_launch  # pylint: disable=g-import-not-at-top
+  from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
+  module = config_utils.load_config_module(config)
+  with pytest.raises(errors.UserError,
+                     match=r"--member=NAME, one of \['activationrelu-seed4'\]"):
+    sweep_launch.member_run(module.get_config(), module, workdir=workdir,
+                            member=None, mode='inspect')

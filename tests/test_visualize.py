@@ -50,7 +50,8 @@ def tiny():
 def _written(path: str) -> bool:
   stem = os.path.splitext(path)[0]
   return (os.path.getsize(path) > 1000 and os.path.isfile(stem + '.json')
-          and os.path.isfile(stem + '.pdf'))
+          and all(os.path.isfile(f'{stem}.{fmt}')
+                  for fmt in plotting.VECTOR_FORMATS))
 
 
 @pytest.fixture
