@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
+import threading
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from cnn.experiments import sweep
+from cnn.experiments import sweep, sweep_results
 from cnn.training import checkpoint, packed, train
 from cnn.training.metrics import read_metrics
-from tests.helpers import preempt_main, run_main, tiny_config
-from tests.test_sweep import _sweep_file
+from tests.helpers import tiny_config
 
 
 def _config(seed: int, **overrides):
@@ -92,20 +94,40 @@ def _rows(workdir):
     return {r['member']: r for r in csv.DictReader(f)}
 
 
+def _signal_when(path: str, timeout: float = 120) -> threading.Thread:
+  """SIGTERM to this process once `path` exists (a preemption mid-run)."""
+  def watch():
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and time.time() < deadline:
+      time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGTERM)
+  thread = threading.Thread(target=watch, daemon=True)
+  thread.start()
+  return thread
+
+
 def test_killed_packed_sweep_resumes_each_member(tmp_path):
-  config = _sweep_file(tmp_path, epochs=2.0)
+  # In this process (the runner's signal handling is the same as main.py's;
+  # tests/test_sweep.py kills a real main.py): 2 epochs of 8 steps.
+  base = _config(0, num_train_steps=16, eval_every_epochs=1.0,
+                 eval_on_train=True)
+  members = sweep.members_of(sweep.axis('seed', [0, 1]))
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  done = run_main([f'--config={config}', f'--workdir={whole}', '--pack=1'])
-  assert done.returncode == 0, done.stderr
-  # Both members train at once: stop after their first evaluation.
-  stopped = preempt_main(
-      [f'--config={config}', f'--workdir={split}', '--pack=2'],
-      os.path.join(split, 'activationrelu-seed1', 'metrics.jsonl'))
-  assert stopped.returncode == 3, stopped.stderr
-  for name in ('activationrelu-seed0', 'activationrelu-seed1'):
+  for workdir in (whole, split):
+    sweep.write_plan(workdir, base, 'tiny', members)
+  assert sweep.run_local(base, members, whole, pack=1).exit_code == 0
+  # Both members train at once: stop at their first log line.
+  watcher = _signal_when(os.path.join(split, 'seed1', 'metrics.jsonl'))
+  outcome = sweep.run_local(base, members, split, pack=2)
+  watcher.join()
+  assert outcome.exit_code == 3 and outcome.preempted
+  for name in ('seed0', 'seed1'):
     assert sweep.read_result(os.path.join(split, name)) is None
-  rerun = run_main([f'--config={config}', f'--workdir={split}', '--pack=2'])
-  assert rerun.returncode == 0, rerun.stderr
+    assert read_metrics(os.path.join(split, name), kind='all')[-1]['step'] < 16
+  assert sweep.run_local(base, members, split, pack=2).completed == [
+      'seed0', 'seed1']
+  sweep_results.write(whole)
+  sweep_results.write(split)
   a, b = _rows(whole), _rows(split)
   assert a.keys() == b.keys()
   for name in a:
@@ -113,8 +135,7 @@ def test_killed_packed_sweep_resumes_each_member(tmp_path):
       assert float(a[name][key]) == pytest.approx(float(b[name][key]),
                                                   abs=0.01), (name, key)
     result = sweep.read_result(os.path.join(split, name))
-    assert result['packed_with'] == ['activationrelu-seed0',
-                                     'activationrelu-seed1']
+    assert result['packed_with'] == ['seed0', 'seed1']
 
 
 def test_slurm_gets_one_array_task_per_packed_group(tmp_path):
