@@ -93,7 +93,11 @@ def _stopped_before_training(signum, frame) -> None:
   print(f'Stopped by {signal.Signals(signum).name} before training started; '
         'nothing was lost. Run the same command again to continue.',
         file=sys.stderr, flush=True)
-  sys.exit(3)
+  sys.stdout.flush()
+  # Not sys.exit: its SystemExit is raised wherever the signal lands, and
+  # inside a callback that swallows exceptions (JAX's gc callback) the run
+  # went on training. Nothing is open for writing yet, so exit at once.
+  os._exit(3)  # pylint: disable=protected-access
 
 
 def _sweep_definition():
