@@ -346,8 +346,8 @@ def test_one_member_through_the_submitit_local_executor(tmp_path):
   assert probe.returncode == 0, probe.stderr
   assert os.path.exists(os.path.join(workdir, 'activationrelu-seed4',
                                      'probe', 'probe.csv'))
-  from cnn.experiments import sweep_launch  # pylint: disable=g-import-not-at-top
   from cnn.common import config_utils  # pylint: disable=g-import-not-at-top
+  from cnn.experiments import sweep_launch  # pylint: disable=g-import-not-at-top
   module = config_utils.load_config_module(config)
   with pytest.raises(errors.UserError,
                      match=r"--member=NAME, one of \['activationrelu-seed4'\]"):

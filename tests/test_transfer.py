@@ -1,7 +1,6 @@
 """Transfer learning: init_from, regimes (freezing, per-group learning
 rates), class subsets, and a tiny end-to-end transfer run."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import optax
 import pytest
 
 import input_pipeline
-
 from cnn.common import errors
 from cnn.models import base
 from cnn.training import checkpoint, train

@@ -48,11 +48,10 @@ import re
 import time
 from typing import Any, Iterator
 
-import jax
 import numpy as np
 from absl import logging
 
-from input_pipeline import errors, lazy_tf, preprocess
+from input_pipeline import lazy_tf, preprocess
 from input_pipeline.augment import imagenet_tf as ipp
 from input_pipeline.augment import tf_ops as augment_tf
 from input_pipeline.errors import DatasetError, InputConfigError
