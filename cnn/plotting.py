@@ -126,18 +126,23 @@ def styled(func):
   return wrapper
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, digits: int | None = None) -> Any:
+  """`value` as JSON data: arrays (numpy or jax) as lists, non-finite
+  floats as null, floats rounded to `digits` decimals when given."""
   if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
+    return {str(k): _jsonable(v, digits) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.ndarray):
-    return _jsonable(value.tolist())
+    return [_jsonable(v, digits) for v in value]
+  if isinstance(value, np.ndarray) or hasattr(value, '__jax_array__') or (
+      type(value).__module__.startswith('jax')):
+    return _jsonable(np.asarray(value).tolist(), digits)
   if isinstance(value, (np.floating, float)):
     v = float(value)
-    return None if not np.isfinite(v) else v
-  if isinstance(value, np.integer):
-    return int(value)
+    if not np.isfinite(v):
+      return None
+    return v if digits is None else round(v, digits)
+  if isinstance(value, (np.integer, np.bool_)):
+    return value.item()
   return value
 
 
@@ -158,7 +163,7 @@ def _write_atomically(path: str, write) -> None:
 
 
 def save(fig, path: str | None, data: dict[str, Any] | None = None, *,
-         vector: bool = True):
+         vector: bool = True, digits: int | None = None):
   """Writes `fig` as PNG (`DPI`), vector copies and the drawn numbers.
 
   Args:
@@ -166,6 +171,7 @@ def save(fig, path: str | None, data: dict[str, Any] | None = None, *,
     path: 'dir/name.png'; None writes nothing (a notebook only shows it).
     data: the numbers the figure draws, written as 'dir/name.json'.
     vector: also write 'dir/name.pdf' (`VECTOR_FORMATS`).
+    digits: round the JSON's floats to this many decimals (None: as is).
 
   Every file is written atomically (a temporary file renamed), so a reader
   never sees half a figure.
@@ -184,7 +190,7 @@ def save(fig, path: str | None, data: dict[str, Any] | None = None, *,
             f, format=fmt,
             metadata={'CreationDate': None} if fmt == 'pdf' else None))
     if data is not None:
-      text = json.dumps(_jsonable(data), indent=1).encode()
+      text = json.dumps(_jsonable(data, digits), indent=1).encode()
       _write_atomically(f'{stem}.json', lambda f: f.write(text))
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   if plt.fignum_exists(getattr(fig, 'number', -1)):

@@ -60,9 +60,9 @@ def figures(monkeypatch):
   written = {}
   save = plotting.save
 
-  def recording(fig, path, data=None):
+  def recording(fig, path, data=None, **options):
     written[path] = fig
-    return save(fig, path, data)
+    return save(fig, path, data, **options)
 
   monkeypatch.setattr(plotting, 'save', recording)
   return written

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -278,9 +279,23 @@ def read_result(member_dir: str) -> dict | None:
 
 
 def provenance() -> dict[str, Any]:
-  """Git commit, library versions and devices of this process."""
+  """Git commit (of the code this process loaded), library versions and
+  devices of this process."""
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  commit, dirty = git_state()
+  return dict(git_commit=commit, git_dirty=dirty, jax=jax.__version__,
+              flax=flax.__version__, python=sys.version.split()[0],
+              backend=jax.default_backend(),
+              devices=[str(d) for d in jax.devices()],
+              process_count=jax.process_count())
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+  """(commit, dirty) of the repository, read once per process: `run_local`
+  reads it before training, so a sweep's results carry the commit of the
+  code it runs, not HEAD when each member finished."""
   try:
     commit = subprocess.run(
         ['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
@@ -290,11 +305,7 @@ def provenance() -> dict[str, Any]:
         capture_output=True, text=True, timeout=10).stdout.strip())
   except (OSError, subprocess.SubprocessError):
     commit, dirty = None, None
-  return dict(git_commit=commit, git_dirty=dirty, jax=jax.__version__,
-              flax=flax.__version__, python=sys.version.split()[0],
-              backend=jax.default_backend(),
-              devices=[str(d) for d in jax.devices()],
-              process_count=jax.process_count())
+  return commit, dirty
 
 
 # ---------------------------------------------------------------------- run
@@ -495,6 +506,7 @@ def run_local(base: ml_collections.ConfigDict, members: Sequence[Member],
   (`pack_groups`); with pack=1 one after the other (members with equal
   shapes still share compiled steps; data is loaded once)."""
   configs = [member_config(base, m) for m in members]  # all fail first.
+  git_state()  # the commit of the code about to run (`provenance`).
   outcome = SweepOutcome()
   for group in pack_groups(members, configs, pack):
     for m in (members[i] for i in group):

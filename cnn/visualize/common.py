@@ -209,22 +209,8 @@ def overlay(ax, image: np.ndarray, heat: np.ndarray, title: str | None = None,
   ax.set_ylim(h - 0.5, -0.5)
 
 
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return _jsonable(np.asarray(value).tolist())
-  if isinstance(value, (np.floating, float)):
-    return None if not np.isfinite(value) else round(float(value), 6)
-  if isinstance(value, (np.integer, np.bool_)):
-    return value.item()
-  return value
-
-
 def save(fig, path: str, data: dict[str, Any]) -> str:
   """`cnn.plotting.save` (PNG, PDF, JSON of `data` rounded to 6 digits);
   returns `path`."""
-  plotting.save(fig, path, _jsonable(data))
+  plotting.save(fig, path, data, digits=6)
   return path
