@@ -122,6 +122,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # subsets); >= 0: drawn per class with this seed (set it with the run's
   # seed so seeds resample the few examples).
   config.input.sample_seed = -1
+  # >= 0: every image of every split has its pixels shuffled by one fixed
+  # permutation drawn with this seed (the weight-sharing study: a network
+  # that assumes nearby pixels belong together loses that prior; an MLP
+  # does not notice). -1 = the images as they are.
+  config.input.permute_pixels = -1
   config.input.image_size = 0  # 0 = native size.
   # Stream from disk instead of holding the split in memory: 'auto' (tfds
   # names whose decoded train split exceeds stream_threshold_bytes; folders
@@ -214,6 +219,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # order): per-layer gradient flow, for vanishing-gradient studies. Off: the
   # step computes no norms.
   config.log_grad_norms = False
+  # At the last evaluation, also the fraction of exactly-zero values of each
+  # entry of the model's `out` dict (the stages, pre_logits) over the whole
+  # evaluated set: `test_zero_fraction/<stage>` in metrics.jsonl (ReLU
+  # sparsity, the activations study).
+  config.log_zero_fraction = False
   config.eval_every_epochs = 1.0
   # > 0: evaluations before the last use the first N examples of the test
   # (and train_eval) set, the last one all of them: dense curves, cheaply.

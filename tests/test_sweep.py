@@ -155,6 +155,25 @@ def test_failed_member_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert list(data['failed']) == ['alexnet']
 
 
+def test_a_diverging_member_is_a_result_not_a_failure(tmp_path):
+  # The batch-norm study's "no BN at 5x the learning rate" may blow up:
+  # that is what it measures. Recorded as 'diverged', counted, not retried.
+  base = _tiny_base(num_train_steps=4)
+  members = sweep.members_of([{'optimizer.learning_rate': 1e30}])
+  sweep.write_plan(str(tmp_path), base, 'tiny', members)
+  outcome = sweep.run_local(base, members, str(tmp_path))
+  (name,) = outcome.diverged
+  assert outcome.exit_code == 0 and not outcome.failed
+  result = sweep.read_result(str(tmp_path / name))
+  assert result['status'] == 'diverged' and result['diverged_at_step'] >= 0
+  assert 'diverged' in sweep.summary_line(outcome, members, str(tmp_path))
+  data = sweep_results.write(str(tmp_path))
+  (row,) = data['rows']
+  assert row['status'] == 'diverged' and data['diverged'] == [name]
+  assert data['groups'][0]['n_diverged'] == 1 and not data['missing']
+  assert sweep.run_local(base, members, str(tmp_path)).skipped == [name]
+
+
 def test_a_member_another_process_runs_is_left_to_it(tmp_path):
   # Two processes on one sweep (a second launch by mistake) once trained
   # the same member twice into one directory; now the second leaves it.

@@ -17,12 +17,14 @@ nothing. All state is in files:
 
   DIR/sweep.json          the definition and the member list (written first)
   DIR/<name>/config.json, metrics.jsonl, checkpoints/   the spine's run files
-  DIR/<name>/result.json  status ('completed' or 'failed' + message) and
+  DIR/<name>/result.json  status ('completed', 'diverged' (a non-finite
+                          loss or gradient: a result of the recipe, kept,
+                          not retried) or 'failed' + message) and
                           provenance (git commit, versions, devices), written
                           atomically when the member ends
 
-A completed member is skipped, a half-finished one resumes from its
-checkpoint, a failed one is tried again. `cnn.experiments.sweep_results` aggregates.
+A completed or diverged member is skipped, a half-finished one resumes from
+its checkpoint, a failed one is tried again. `cnn.experiments.sweep_results` aggregates.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ Overrides = dict[str, Any]
 PLAN_FILE = 'sweep.json'
 LOCK_DIR = '.locks'
 RESULT_FILE = 'result.json'
+# Statuses a member ends in: skipped by a rerun (a failed one is retried).
+FINAL_STATUSES = ('completed', 'diverged')
 
 
 # The repository root (cnn/experiments/sweep.py is two levels down): git
@@ -313,10 +317,12 @@ def git_state() -> tuple[str | None, bool | None]:
 
 @dataclasses.dataclass
 class SweepOutcome:
-  """completed / failed / preempted: member names; skipped: finished ones;
+  """completed / diverged / failed / preempted: member names; skipped:
+  finished ones;
   busy: members another process was running (left to it)."""
 
   completed: list[str] = dataclasses.field(default_factory=list)
+  diverged: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
   busy: list[str] = dataclasses.field(default_factory=list)
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -331,10 +337,10 @@ def run_member(config: ml_collections.ConfigDict, member: Member,
                workdir: str) -> str:
   """Trains one member in `workdir/<name>`; returns its status.
 
-  'completed' and 'failed' are written to result.json; 'preempted' writes
-  nothing (the checkpoint is saved and a rerun resumes); 'skipped' means
-  result.json already said completed; 'busy' that another process holds
-  the member's lock (`workdir/.locks/<name>`: two processes on one sweep
+  'completed', 'diverged' and 'failed' are written to result.json;
+  'preempted' writes nothing (the checkpoint is saved and a rerun resumes);
+  'skipped' means result.json already said completed or diverged; 'busy'
+  that another process holds the member's lock (`workdir/.locks/<name>`: two processes on one sweep
   share its members instead of training one twice).
   """
   with _member_lock(workdir, member.name) as held:
@@ -381,12 +387,16 @@ def _run_locked_member(config: ml_collections.ConfigDict, member: Member,
   from cnn.training import train  # pylint: disable=g-import-not-at-top
   member_dir = os.path.join(workdir, member.name)
   previous = read_result(member_dir)
-  if previous and previous['status'] == 'completed':
+  if previous and previous['status'] in FINAL_STATUSES:
     return 'skipped'
   start = time.time()
   record = dict(name=member.name, overrides=member.overrides)
   try:
     result = train.train_and_evaluate(config, member_dir)
+  except train.NonFiniteLossError as e:
+    logging.warning('Sweep member %s diverged: %s', member.name, e)
+    record.update(status='diverged', diverged_at_step=e.step,
+                  error=f'{type(e).__name__}: {e}')
   except Exception as e:  # pylint: disable=broad-except
     # Recorded and reported; the sweep goes on with the next member.
     logging.error('Sweep member %s failed:\n%s', member.name,
@@ -447,7 +457,7 @@ def run_group(configs: Sequence[ml_collections.ConfigDict],
       if not stack.enter_context(_member_lock(workdir, member.name)):
         statuses[member.name] = 'busy'
       elif (read_result(os.path.join(workdir, member.name)) or {}).get(
-          'status') == 'completed':
+          'status') in FINAL_STATUSES:
         statuses[member.name] = 'skipped'
       else:
         todo.append((config, member))
@@ -529,7 +539,7 @@ def run_local(base: ml_collections.ConfigDict, members: Sequence[Member],
 def unfinished(members: Sequence[Member], workdir: str) -> list[Member]:
   return [m for m in members
           if (read_result(os.path.join(workdir, m.name)) or {}).get('status')
-          != 'completed']
+          not in FINAL_STATUSES]
 
 
 def submit(members: Sequence[Member], workdir: str, command: list[str],
@@ -569,6 +579,8 @@ def summary_line(outcome: SweepOutcome, members: Sequence[Member],
   left = [m.name for m in unfinished(members, workdir)]
   parts = [f'{len(members) - len(left)} of {len(members)} members completed '
            f'({len(outcome.completed)} now, {len(outcome.skipped)} before)']
+  if outcome.diverged:
+    parts.append(f'diverged (a result, not retried): {outcome.diverged}')
   if outcome.failed:
     parts.append('failed: ' + '; '.join(f'{k} ({v})'
                                         for k, v in outcome.failed.items()))

@@ -29,7 +29,9 @@ COLUMNS = (
     'member', 'status', 'model_name', 'depth', 'residual', 'kernel_layout',
     'params', 'conv_params', 'macs', 'receptive_field', 'seed', 'epochs',
     'train_error_kind', 'final_train_error', 'best_train_error',
-    'final_test_error', 'best_test_error', 'wall_time_s', 'examples_per_sec',
+    'final_test_error', 'best_test_error', 'final_validation_error',
+    'best_validation_error', 'diverged_at_step', 'wall_time_s',
+    'examples_per_sec',
     'git_commit', 'jax', 'flax', 'devices', 'error')
 # Between 'seed' and 'epochs': the sweep's own axes (every overridden field
 # but model_name and seed), by their dotted names (`axis_columns`).
@@ -46,7 +48,14 @@ ROUNDING = {'error': 5, 'wall_time_s': 1, 'examples_per_sec': 1, 'epochs': 3}
 
 # Averaged over seeds by `group_over_seeds`.
 METRICS = ('final_train_error', 'best_train_error', 'final_test_error',
-           'best_test_error', 'wall_time_s', 'examples_per_sec')
+           'best_test_error', 'final_validation_error',
+           'best_validation_error', 'wall_time_s', 'examples_per_sec')
+
+# Member statuses that are results: 'completed', and 'diverged' (the loss or
+# a gradient went non-finite: a learning rate too high for the network is
+# what a study may be measuring, not a failure of the sweep). Means over
+# seeds use completed members only.
+RESULT_STATUSES = ('completed', 'diverged')
 
 
 def read_metrics(member_dir: str) -> list[dict[str, Any]]:
@@ -95,6 +104,13 @@ def train_errors(records: Sequence[dict[str, Any]]) -> list[float]:
 
 def test_errors(records: Sequence[dict[str, Any]]) -> list[float]:
   return [1.0 - r['test_accuracy'] for r in records]
+
+
+def validation_errors(records: Sequence[dict[str, Any]]) -> list[float]:
+  """1 - `validation_accuracy` of the records that have it (runs with
+  `config.input.validation_*`)."""
+  return [1.0 - r['validation_accuracy'] for r in records
+          if 'validation_accuracy' in r]
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,7 +165,8 @@ def member_row(workdir: str, name: str, axes: Sequence[str] = ()
              residual=model.get('residual', ''),
              kernel_layout=model.get('kernel_layout', ''),
              error=result.get('error', ''))
-  for key in ('git_commit', 'jax', 'flax', 'wall_time_s'):
+  for key in ('git_commit', 'jax', 'flax', 'wall_time_s',
+              'diverged_at_step'):
     row[key] = result.get(key, '')
   for field in axes:
     row[field] = _dotted(config, field)
@@ -173,6 +190,10 @@ def member_row(workdir: str, name: str, axes: Sequence[str] = ()
                best_test_error=min(t for t, f in zip(test, full) if f),
                examples_per_sec=float(np.nanmean(
                    [r['examples_per_sec'] for r in records])))
+    validation = validation_errors(records)
+    if validation:
+      row.update(final_validation_error=validation[-1],
+                 best_validation_error=min(validation))
   return row
 
 
@@ -205,7 +226,8 @@ def group_over_seeds(workdir: str, rows: Sequence[dict[str, Any]]
     done = [r for r in members if r['status'] == 'completed']
     # Sizes from any member that got as far as writing its config.
     first = next((r for r in members if r['model_name']), members[0])
-    group = dict(group=key, n=len(done), n_planned=len(members))
+    group = dict(group=key, n=len(done), n_planned=len(members),
+                 n_diverged=sum(r['status'] == 'diverged' for r in members))
     for c in ('model_name', 'depth', 'residual', 'kernel_layout', 'params',
               'conv_params', 'macs', 'receptive_field', 'train_error_kind',
               *[c for c in first if c not in COLUMNS]):  # the sweep's axes.
@@ -239,7 +261,8 @@ def write(workdir: str) -> dict[str, Any]:
   data = dict(
       rows=rows, groups=groups,
       missing=[r['member'] for r in rows
-               if r['status'] not in ('completed', 'failed')],
+               if r['status'] not in (*RESULT_STATUSES, 'failed')],
+      diverged=[r['member'] for r in rows if r['status'] == 'diverged'],
       failed={r['member']: r['error'] for r in rows
               if r['status'] == 'failed'})
   sweep.write_json_atomically(os.path.join(workdir, 'results.json'), data)

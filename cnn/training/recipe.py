@@ -39,7 +39,8 @@ RERUN_FREE_FIELDS = (
     'accept_recipe_change', 'checkpoint_every_steps', 'conv_impl',
     'eval_every_epochs', 'eval_on_train', 'eval_subset', 'input.data_dir',
     'input.eval_batch_size', 'input.manual_dir', 'keep_checkpoints',
-    'log_every_steps', 'log_grad_norms', 'model.remat', 'progress_bar')
+    'log_every_steps', 'log_grad_norms', 'log_zero_fraction', 'model.remat',
+    'progress_bar')
 
 # Fields that may be raised (never lowered) to extend a run.
 EXTENDABLE_FIELDS = ('num_epochs', 'num_train_steps')

@@ -26,6 +26,11 @@ NO_STEP = 2**31 - 1
 GRAD_NORM_PREFIX = 'grad_norm/'
 GRAD_NORM_COUNT = 'grad_norm_count'
 
+# `config.log_zero_fraction`: the evaluation sums hold, per entry of the
+# model's `out` dict, the count of exactly-zero values and of all values.
+ZERO_COUNT_PREFIX = 'zeros/'
+VALUE_COUNT_PREFIX = 'values/'
+
 
 class TrainState(flax.struct.PyTreeNode):
   """Everything that changes during training; a pytree (checkpointable).
@@ -206,6 +211,28 @@ def eval_step(state: TrainState, metrics: Metrics, batch: Batch,
   """
   logits, _ = state.apply_fn(state.variables(), batch['image'], train=False)
   return add_eval_counts(metrics, logits, batch['label'], batch['mask'])
+
+
+def eval_step_with_zero_counts(state: TrainState, metrics: Metrics,
+                               batch: Batch) -> Metrics:
+  """`eval_step`, and for each array of the model's `out` dict but the
+  logits (stem, stage1, ..., pre_logits: [B, ...]) the sums
+  'zeros/<name>' (values exactly 0) and 'values/<name>' (all values) over
+  the unpadded rows. The first call's `metrics` lacks those keys; they
+  start at 0."""
+  logits, out = state.apply_fn(state.variables(), batch['image'], train=False)
+  sums = add_eval_counts({k: metrics[k] for k in empty_eval_metrics()},
+                         logits, batch['label'], batch['mask'])
+  mask = batch['mask'].astype(jnp.float32)
+  for name, x in out.items():
+    if name == 'logits' or not isinstance(x, jax.Array) or x.ndim < 2:
+      continue
+    zeros = (x == 0).reshape(x.shape[0], -1).sum(-1).astype(jnp.float32)
+    per_row = float(x[0].size)
+    for prefix, value in ((ZERO_COUNT_PREFIX, (zeros * mask).sum()),
+                          (VALUE_COUNT_PREFIX, per_row * mask.sum())):
+      sums[prefix + name] = metrics.get(prefix + name, 0.0) + value
+  return sums
 
 
 def top5_correct(logits: Array, labels: Array) -> Array:

@@ -50,7 +50,11 @@ DTYPES = ('float32', 'bfloat16')
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
-  """Training produced a NaN/Inf loss or gradient."""
+  """Training produced a NaN/Inf loss or gradient (at update `step`)."""
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
 
 
 @dataclasses.dataclass
@@ -170,6 +174,8 @@ class Program:
     learning_rate: jitted `learning_rate_fn` (one compile, not one per op).
     grad_norm_modules: with `config.log_grad_norms`, the module paths whose
       gradient norms the step sums (`_grad_norm_modules`); else empty.
+    final_eval_step: the last evaluation's step: `eval_step`, or with
+      `config.log_zero_fraction` one that also counts zero activations.
   """
 
   model: Any
@@ -180,6 +186,7 @@ class Program:
   eval_step: Callable
   learning_rate: Callable
   grad_norm_modules: tuple[str, ...] = ()
+  final_eval_step: Callable | None = None
 
 
 _PROGRAMS: dict[tuple, Program] = {}
@@ -231,11 +238,15 @@ def get_program(config: ml_collections.ConfigDict, num_classes: int,
       label_smoothing=config.loss.label_smoothing,
       aux_weight=config.loss.aux_weight,
       skip_nonfinite=config.on_nonfinite == 'skip')
+  eval_step = jax.jit(steps.eval_step, donate_argnums=(1,))
   program = Program(
       model=model, groups=groups, learning_rate_fn=learning_rate_fn,
       init=_state_initializer(model, tx, image_shape, mesh),
       train_step=jax.jit(train_step, donate_argnums=(0, 1)),
-      eval_step=jax.jit(steps.eval_step, donate_argnums=(1,)),
+      eval_step=eval_step,
+      # Not donated: its first call adds the zero-count keys to the sums.
+      final_eval_step=(jax.jit(steps.eval_step_with_zero_counts)
+                       if config.log_zero_fraction else eval_step),
       learning_rate=jax.jit(learning_rate_fn),
       grad_norm_modules=(_grad_norm_modules(model, image_shape, shapes)
                          if config.log_grad_norms else ()))
@@ -316,6 +327,11 @@ def evaluate(eval_fn, state, eval_batches, prefix: str = 'test'
   if sums.get('top5_count'):
     record[f'{prefix}_top5_accuracy'] = _mean(sums, 'top5_sum',
                                               'top5_count')
+  for key in sums:  # `steps.eval_step_with_zero_counts`' sums, if any.
+    if key.startswith(steps.ZERO_COUNT_PREFIX):
+      name = key[len(steps.ZERO_COUNT_PREFIX):]
+      record[f'{prefix}_zero_fraction/{name}'] = _mean(
+          sums, key, steps.VALUE_COUNT_PREFIX + name)
   return record
 
 
@@ -559,7 +575,7 @@ def _check_finite(run: _Run, sums: dict[str, float]) -> None:
       f'{bad} produced NaN/Inf). The run stopped without saving; {where}. '
       'Lower --config.optimizer.learning_rate, add --config.optimizer.'
       'grad_clip_norm=1.0, or set --config.on_nonfinite=skip to skip '
-      'such updates.')
+      'such updates.', step=bad)
 
 
 def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
@@ -574,9 +590,11 @@ def _evaluation_record(run: _Run, state, step: int, sums: dict[str, float],
       examples_per_sec=throughput.examples_per_sec(),
       compile_time_s=throughput.compile_time_s,
       nonfinite_steps=int(sums['nonfinite_count']))
-  sets = run.eval_sets if step == run.total_steps else run.eval_sets_between
+  final = step == run.total_steps
+  sets = run.eval_sets if final else run.eval_sets_between
+  eval_step = run.program.final_eval_step if final else run.program.eval_step
   for prefix, batches in sets.items():
-    record.update(evaluate(run.program.eval_step, state, batches, prefix))
+    record.update(evaluate(eval_step, state, batches, prefix))
   # `log_grad_norms`: each module's mean gradient norm over the (finite)
   # steps since the previous evaluation, in forward order.
   for module in run.program.grad_norm_modules:
