@@ -126,16 +126,16 @@ def styled(func):
   return wrapper
 
 
-def _jsonable(value: Any, digits: int | None = None) -> Any:
+def jsonable(value: Any, digits: int | None = None) -> Any:
   """`value` as JSON data: arrays (numpy or jax) as lists, non-finite
   floats as null, floats rounded to `digits` decimals when given."""
   if isinstance(value, dict):
-    return {str(k): _jsonable(v, digits) for k, v in value.items()}
+    return {str(k): jsonable(v, digits) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v, digits) for v in value]
+    return [jsonable(v, digits) for v in value]
   if isinstance(value, np.ndarray) or hasattr(value, '__jax_array__') or (
       type(value).__module__.startswith('jax')):
-    return _jsonable(np.asarray(value).tolist(), digits)
+    return jsonable(np.asarray(value).tolist(), digits)
   if isinstance(value, (np.floating, float)):
     v = float(value)
     if not np.isfinite(v):
@@ -190,7 +190,7 @@ def save(fig, path: str | None, data: dict[str, Any] | None = None, *,
             f, format=fmt,
             metadata={'CreationDate': None} if fmt == 'pdf' else None))
     if data is not None:
-      text = json.dumps(_jsonable(data, digits), indent=1).encode()
+      text = json.dumps(jsonable(data, digits), indent=1).encode()
       _write_atomically(f'{stem}.json', lambda f: f.write(text))
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   if plt.fignum_exists(getattr(fig, 'number', -1)):

@@ -27,9 +27,11 @@ Input config fields (ml_collections.ConfigDict or dict):
   (class ids kept and relabelled 0..k-1; () = all), per_class (first N
   training examples of each kept class; 0 = all; `class_subset`),
   validation_per_class / validation_fraction (examples of each class held
-  out of the training split as the 'validation' split; 0 = none) and
+  out of the training split as the 'validation' split; 0 = none),
   sample_seed (-1: the first examples of each class; >= 0: drawn per class
-  with this seed, `class_subset.split_indices`). Every
+  with this seed, `class_subset.split_indices`) and permute_pixels (>= 0: the
+  seed of one fixed permutation of the H*W pixel positions applied to every
+  image of every split; -1 = none; data held in memory only). Every
   field must be present (`configs/default.py` lists them all; a dict made
   from `default.get_config().input.to_dict()` has them).
 """
@@ -159,6 +161,13 @@ def get_input_info(input_config: Any) -> datasets.DatasetInfo:
           'config.input.classes / per_class / validation_* / sample_seed '
           'select from data held in memory; a streamed data set cannot use '
           'them (set them to (), 0, 0, 0.0 and -1).')
+    # .get: hand-built input dicts older than the field stream as before.
+    if int(input_config.get('permute_pixels', -1)) >= 0:
+      raise errors.InputConfigError(
+          'config.input.permute_pixels permutes the pixels of data held in '
+          'memory; a streamed data set cannot use it (set it to -1, or '
+          '--config.input.streaming=never for a tfds data set that fits in '
+          'memory).')
     from input_pipeline.pipelines import streaming
     return streaming.get_info(name, **_common(input_config),
                               **_stream_kwargs(input_config))
@@ -247,6 +256,11 @@ def _load(input_config: Any, split: str, subset_field: str
       images, labels = images[keep], labels[keep]
     if subset:
       images, labels = images[:subset], labels[:subset]
+  permute = int(_field(input_config, 'permute_pixels'))
+  if permute >= 0:  # one fixed permutation of the H*W positions, any split.
+    n, h, w, c = images.shape
+    order = np.random.default_rng(permute).permutation(h * w)
+    images = images.reshape(n, h * w, c)[:, order].reshape(n, h, w, c)
   return images, labels, info
 
 

@@ -511,10 +511,25 @@ def test_identity_check_names_each_differing_field(tmp_path):
     check({})  # a checkpoint without identity is another experiment too.
 
 
-def test_golden_checkpoint_has_the_identity_of_its_config():
-  # A change of the identity (a new backbone option, say) refuses every
-  # existing workdir: it must be deliberate, as a format change is.
+def test_golden_checkpoint_has_the_identity_of_its_config(tmp_path):
+  # A change of the identity refuses every existing workdir: it must be
+  # deliberate, as a format change is. An option a model gained since (at
+  # its default) is no change: the golden LeNet-5 predates `connectivity`.
   with open(make_golden.EXPECTED) as f:
-    expected = json.load(f)
-  assert (identity_lib.experiment_identity(make_golden.golden_config())
-          == expected['meta']['identity'])
+    stored = json.load(f)['meta']['identity']
+  identity_lib.identity_check(make_golden.golden_config(), str(tmp_path))(
+      {'identity': stored})
+  current = identity_lib.experiment_identity(make_golden.golden_config())
+  assert {k: v for k, v in current['model'].items()
+          if k in stored['model']} == stored['model']
+
+
+def test_an_option_added_since_counts_only_at_its_default(tmp_path):
+  saved = identity_lib.experiment_identity(tiny_config())
+  del saved['model']['connectivity']  # a checkpoint from before the option.
+  identity_lib.identity_check(tiny_config(), str(tmp_path))(
+      {'identity': saved})
+  local = tiny_config(**{'model.connectivity': 'local'})
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                     match="'connectivity': 'local'"):
+    identity_lib.identity_check(local, str(tmp_path))({'identity': saved})

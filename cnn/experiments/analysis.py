@@ -53,7 +53,10 @@ from cnn import plotting
 from cnn.experiments import probe as probe_lib
 from cnn.experiments import sweep, sweep_results
 
-MEMBER_FILES = ('config.json', 'metrics.jsonl', sweep.RESULT_FILE)
+# What a study measures after training beside the run's own files (e.g.
+# cnn/experiments/shift_consistency.py's) is copied too, where it exists.
+MEMBER_FILES = ('config.json', 'metrics.jsonl', sweep.RESULT_FILE,
+                'shift_consistency.json')
 SWEEP_FILES = (sweep.PLAN_FILE, 'results.csv', 'results.json')
 
 
@@ -152,15 +155,15 @@ def model_label(name: str) -> str:
   return name
 
 
-def _seeds_text(ns: Sequence[int]) -> str:
+def seeds_text(ns: Sequence[int]) -> str:
   """'n = 3 seeds' (or 'n = 2–3 seeds' where groups differ)."""
   ns = sorted(set(ns)) or [0]
   n = str(ns[0]) if len(ns) == 1 else f'{ns[0]}–{ns[-1]}'
   return f'n = {n} seed' + ('' if n == '1' else 's')
 
 
-def _interval_text(ns: Sequence[int]) -> str:
-  return f'mean ± 95 % interval, {_seeds_text(ns)}'
+def interval_text(ns: Sequence[int]) -> str:
+  return f'mean ± 95 % interval, {seeds_text(ns)}'
 
 
 def _seed_values(study: Study, metric: str) -> dict[str, list[float]]:
@@ -240,7 +243,7 @@ def depth_curves(study: Study, path: str | None = None):
          mlines.Line2D([], [], color='0.2', lw=1.0, ls='--',
                        label=_train_error_text(groups)),
          mpatches.Patch(color='0.2', alpha=0.2,
-                        label=f'band: ± 1 std over {_seeds_text(ns)}')]
+                        label=f'band: ± 1 std over {seeds_text(ns)}')]
   fig.legend(handles=key, loc='outside lower center', ncols=3)
   data['train_error'] = _train_error_text(groups)
   return plotting.save(fig, path, data)
@@ -279,7 +282,7 @@ def error_vs_depth(study: Study, path: str | None = None):
            title=f'final {what.split(" (")[0]}')
     ax.set_xticks(depths)
   if groups:
-    axes[1].legend(title=_interval_text(ns), loc='best')
+    axes[1].legend(title=interval_text(ns), loc='best')
   return plotting.save(fig, path, data)
 
 
@@ -327,7 +330,7 @@ def accuracy_vs_params(study: Study, path: str | None = None):
            title=f'final {what.split(" (")[0]}')
   if handles:
     fig.legend(handles=handles, loc='outside lower center', ncols=2,
-               title=_interval_text(ns))
+               title=interval_text(ns))
   return plotting.save(fig, path, data)
 
 
@@ -407,7 +410,7 @@ def _classes_text(classes) -> str:
   return f" classes {', '.join(map(str, classes))}" if classes else ''
 
 
-def _source_label(study: Study) -> str:
+def source_label(study: Study) -> str:
   names = {r['model_name'] for r in study.rows if r['model_name']}
   return ', '.join(sorted(model_label(n) for n in names))
 
@@ -469,11 +472,11 @@ def transfer_curves(study: Study, path: str | None = None,
     ax.set(title=title, ylabel='test accuracy (%)',
            xlabel='training examples per class' if x == 'input.per_class'
            else x)
-  fig.suptitle(f'Transfer from a pretrained {_source_label(study)} vs '
+  fig.suptitle(f'Transfer from a pretrained {source_label(study)} vs '
                'training from scratch')
   if handles:
     fig.legend(handles=list(handles.values()), loc='outside lower center',
-               ncols=min(2, len(handles)), title=_interval_text(ns))
+               ncols=min(2, len(handles)), title=interval_text(ns))
   return plotting.save(fig, path, data)
 
 
@@ -507,9 +510,9 @@ def yosinski_curve(study: Study, path: str | None = None):
   ax.set_xticks(copies)
   ax.set(xlabel='source parameter groups copied, n (0 = from scratch)',
          ylabel='target test accuracy (%)',
-         title=f'{_source_label(study)} source: the first n groups copied')
+         title=f'{source_label(study)} source: the first n groups copied')
   if ns:
-    ax.legend(title=_interval_text(ns), loc='lower left')
+    ax.legend(title=interval_text(ns), loc='lower left')
   return plotting.save(fig, path, data)
 
 
@@ -588,5 +591,5 @@ def probe_curves(probes: dict[str, list[dict[str, Any]]], shots: int,
          title=(f'{model_label(network)}: ' if network else '')
          + f"{'/'.join(sorted(methods))} probes, {per_class} per class")
   if probes:
-    ax.legend(title=_interval_text(ns), loc='best')
+    ax.legend(title=interval_text(ns), loc='best')
   return plotting.save(fig, path, data)

@@ -235,7 +235,7 @@ def comparison_table(study: Study,
 
 
 def _seeds_text(ns: Sequence[int]) -> str:
-  return analysis._seeds_text(ns)  # pylint: disable=protected-access
+  return analysis.seeds_text(ns)
 
 
 # ------------------------------------------------------------ batch norm

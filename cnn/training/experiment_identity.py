@@ -58,6 +58,22 @@ def experiment_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(identity))
 
 
+def _with_added_defaults(found: dict[str, Any], expected: dict[str, Any],
+                         model_name: str) -> dict[str, Any]:
+  """The checkpoint's model options, plus each option the model gained
+  since it was saved (absent from `found`) where the config asks for the
+  option's default: such a checkpoint is of the same network (LeNet-5
+  before `connectivity` existed is `connectivity='conv'`)."""
+  from cnn.models import registry  # pylint: disable=g-import-not-at-top
+  try:
+    defaults = json.loads(json.dumps(registry.backbone_options(model_name)))
+  except Exception:  # pylint: disable=broad-except
+    return found  # an unknown model: compared as stored.
+  added = {k: v for k, v in expected.items()
+           if k not in found and k in defaults and defaults[k] == v}
+  return {**found, **added}
+
+
 def identity_check(config: ml_collections.ConfigDict, workdir: str
                    ) -> Callable[[dict[str, Any]], None]:
   """A `check_meta` for `Checkpointer.restore_latest` that refuses others.
@@ -74,7 +90,10 @@ def identity_check(config: ml_collections.ConfigDict, workdir: str
   expected = experiment_identity(config)
 
   def check(meta: dict[str, Any]) -> None:
-    found = meta.get('identity', {})
+    found = dict(meta.get('identity', {}))
+    if isinstance(found.get('model'), dict):
+      found['model'] = _with_added_defaults(found['model'], expected['model'],
+                                            expected['model_name'])
     diffs = {k: (found.get(k), v) for k, v in expected.items()
              if found.get(k) != v}
     if diffs:
