@@ -162,10 +162,10 @@ class Pool(nn.Module):
   field grows by (window - 1) + (blur_size - 1) of its input's unit
   spacing instead of window - 1. The blur has no parameters.
 
-  Size accounting (`cnn.summary`) sees a blur pool as one pooling layer
-  with its `window` and `strides`: its connections and receptive field are
-  those of the max part alone (the blur's blur_size^2 weighted reads per
-  output and its extra field are not added).
+  Size accounting (`cnn.summary`) counts both parts: the receptive field
+  grows by the max's window at stride 1, then by blur_size taps at
+  `strides`; connections are the stride-1 max's window reads ('VALID')
+  plus blur_size^2 reads per output.
 
   Attributes:
     kind: 'max', 'avg' or 'blur'.

@@ -107,10 +107,17 @@ def test_binomial_filters_and_bad_kinds():
 def test_size_accounting_of_lenet_with_each_pool():
   max_pool = summary.summarize('lenet5')
   blur = summary.summarize('lenet5', pool='blur')
-  # No parameters, the max pool's shapes and counted reads (the blur's
-  # weighted reads are not multiply-adds of the accounting).
+  # No parameters and the max pool's shapes; by hand, S2 (28x28x6 in):
+  # the stride-1 max reads 27*27*6 * 4 = 17,496, the blur 14*14*6 * 9 =
+  # 10,584; S4 (10x10x16): 9*9*16 * 4 + 5*5*16 * 9 = 8,784. Fields: C1's 5,
+  # +1 (max at jump 1) +2 (3 taps at jump 1) = 8 at S2; C3 makes 8 + 4*2 =
+  # 16, +2 (max at jump 2) +4 (blur at jump 2) = 22 at S4.
   assert blur.totals['params'] == max_pool.totals['params'] == 61_706
-  assert blur.totals['connections'] == max_pool.totals['connections']
+  assert blur.layer('backbone/s2').connections == 17_496 + 10_584
+  assert blur.layer('backbone/s4').connections == 5_184 + 3_600
+  assert blur.layer('backbone/s2').rf == (8, 8)
+  assert blur.layer('backbone/s4').rf == (22, 22)
+  assert max_pool.layer('backbone/s4').rf == (16, 16)
   for name, shape in (('backbone/s2', (14, 14, 6)),
                       ('backbone/s4', (5, 5, 16))):
     row = blur.layer(name)

@@ -232,7 +232,11 @@ class Flow:
       return grow(rf, tuple(m.kernel_size), tuple(m.strides))
     if isinstance(m, layers.Pool):
       window = tuple(m.window)
-      return grow(rf, window, tuple(m.strides) if m.strides else window)
+      strides = tuple(m.strides) if m.strides else window
+      if m.kind == 'blur':  # the max at stride 1, then the blur's taps.
+        rf = grow(rf, window, (1,) * len(window))
+        return grow(rf, (m.blur_size,) * len(window), strides)
+      return grow(rf, window, strides)
     if isinstance(m, (layers.GlobalAvgPool, layers.Flatten)):
       if len(call.in_shape) == 4:
         hw = call.in_shape[1:3]
