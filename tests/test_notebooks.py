@@ -18,6 +18,13 @@ from cnn.experiments import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
 
+# Figures the analysis notebook draws per committed lecture study.
+LECTURE_STUDY_FIGURES = {
+    'weight_sharing_fmnist': 2, 'batchnorm_fmnist': 1, 'activations_fmnist': 1,
+    'gradient_flow_fmnist': 1, 'pooling_fmnist': 1, 'augmentation_fmnist': 1,
+    'heads_fmnist': 1}
+
+
 def _execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
   """Runs notebooks/NAME from notebooks/, as Jupyter would, with `env`;
   returns the executed notebook (with its outputs)."""
@@ -119,8 +126,12 @@ def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
                                      'PROBES': str(probes)})
   # Depth curves, error vs depth, accuracy vs parameters, transfer curves,
   # the Yosinski curve and the probe curves, each drawn once; then the 1x1
-  # conv = Dense check and the MobileNetV2 separable-cost bars.
-  assert _images(done) == 8
+  # conv = Dense check and the MobileNetV2 separable-cost bars; then each
+  # committed lecture study's figures (drawn from results/).
+  lecture = sum(n for name, n in LECTURE_STUDY_FIGURES.items()
+                if os.path.exists(os.path.join(REPO, 'results', name,
+                                               'results.csv')))
+  assert _images(done) == 8 + lecture
 
 
 def test_training_curves_notebook_runs(tiny_sweep):
