@@ -36,9 +36,10 @@ images. Then `cnn.experiments.shift_consistency.measure_sweep` (the second
 command) writes each member's `shift_consistency.json`: over all 10,000 test
 images, the fraction whose predicted class is unchanged by a circular shift
 of k = 1..8 pixels (the inspection mode's measure, the mean of right and
-down shifts), and each stage's relative L2 change. Measured here (2 CPU
-cores shared with five other trainings): see MEASURED; about 8 minutes
-(training and measurement) on the 2 cores unshared, 35 under that load.
+down shifts), and each stage's relative L2 change. The committed run
+(2026-12-06, 2 CPU cores shared with three other studies): 12 min of
+training for the 24 members, then 13 min of measuring; per-epoch and
+compile times in MEASURED.
 
 The committed result (results/pooling_fmnist/), after the commands above:
 
