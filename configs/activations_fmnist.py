@@ -33,7 +33,8 @@ Time (2026-12-06): one member took 86 s on these 2 cores shared with
 several other jobs (load average 8; 37 s of CPU, 20 s of it compiling,
 which each activation does once): the 24 members need about 10 min of CPU,
 an estimated 10-12 min on idle cores (25-30 min as loaded as that). The
-committed result and its figure:
+committed run took 19 min, beside three other studies. The committed
+result and its figure:
     python main.py --config=configs/activations_fmnist.py \
         --workdir=runs/activations_fmnist    # also writes results.csv
 and then, in Python from the repository root:

@@ -46,7 +46,8 @@ others; see `BASE_LR`).
 Time (2026-12-06): a member took 76-127 s on these 2 cores shared with a
 background training run (about 35 s of CPU each, 14 s of it compiling,
 which each variant does once), so the 18 take about 25-35 min shared, an
-estimated 15 min on idle cores. The committed result and its figure:
+estimated 15 min on idle cores. The committed run took 22 min, beside
+three other studies. The committed result and its figure:
     python main.py --config=configs/batchnorm_fmnist.py \
         --workdir=runs/batchnorm_fmnist      # also writes results.csv
 and then, in Python from the repository root:
