@@ -60,8 +60,11 @@ import ml_collections
 from cnn.experiments import sweep
 from configs import default
 
-# Seeds trained together (`--pack`): 1 on 2 CPU cores; --pack=3 on an
-# accelerator.
+# Seeds trained together (`--pack`): 1 on 2 CPU cores. LeNet-5's packed
+# step is 1.4x one member's, but whole members of a few hundred steps lose
+# it to the packed program's longer compilation (two LeNet-5 seeds packed:
+# 105 s against 59 s one at a time, FINDINGS "Sixth pass"); on an
+# accelerator pass --pack=3.
 PACK = 1
 
 ACTIVATIONS = ('relu', 'leaky_relu', 'elu', 'selu', 'gelu', 'tanh',

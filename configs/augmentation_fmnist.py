@@ -69,9 +69,11 @@ PART2 = ('none', 'all')
 PART2_SIZES = (1_000, 5_000, 20_000)
 SEEDS = (0, 1, 2)
 EVAL_EVERY_EPOCHS = 2.0
-# Seeds trained together (`--pack`): 1 on 2 CPU cores (packing paid 0.6x
-# for the depth study's ResNets, FINDINGS "Sixth pass"); on an accelerator
-# pass --pack=3.
+# Seeds trained together (`--pack`): 1 on 2 CPU cores. LeNet-5's packed
+# step is 1.4x one member's, but whole members of a few hundred steps lose
+# it to the packed program's longer compilation (two LeNet-5 seeds packed:
+# 105 s against 59 s one at a time, FINDINGS "Sixth pass"); on an
+# accelerator pass --pack=3.
 PACK = 1
 # Measured on the 2 CPU cores while five other trainings shared them (load
 # average ~9.5), `all-n2000-seed0` and `none-n2000-seed0` for 6 epochs:

@@ -75,9 +75,11 @@ POOLS = ('max', 'avg', 'strided', 'blur')
 TRANSLATIONS = (0, 2)
 SEEDS = (0, 1, 2)
 TRAIN_IMAGES, EPOCHS = 5_000, 10
-# Seeds trained together (`--pack`): 1 on 2 CPU cores (packing paid 0.6x
-# for the depth study's ResNets, FINDINGS "Sixth pass"); on an accelerator
-# pass --pack=3.
+# Seeds trained together (`--pack`): 1 on 2 CPU cores. LeNet-5's packed
+# step is 1.4x one member's, but whole members of a few hundred steps lose
+# it to the packed program's longer compilation (two LeNet-5 seeds packed:
+# 105 s against 59 s one at a time, FINDINGS "Sixth pass"); on an
+# accelerator pass --pack=3.
 PACK = 1
 # Measured on the 2 CPU cores while five other trainings shared them (load
 # average 8.4-9.8), one member for 3 epochs each: seconds per epoch

@@ -42,10 +42,13 @@ def test_packed_seeds_write_what_each_writes_alone(tmp_path):
   seeds = (0, 1, 2)
   alone = [str(tmp_path / f'alone{s}') for s in seeds]
   together = [str(tmp_path / f'packed{s}') for s in seeds]
+  # With what the studies log too: per-module gradient norms, zero
+  # fractions at the last evaluation.
+  logged = dict(log_grad_norms=True, log_zero_fraction=True)
   for s, w in zip(seeds, alone):
-    train.train_and_evaluate(_config(s), w)
-  results = train.train_and_evaluate_packed([_config(s) for s in seeds],
-                                            together)
+    train.train_and_evaluate(_config(s, **logged), w)
+  results = train.train_and_evaluate_packed(
+      [_config(s, **logged) for s in seeds], together)
   assert [r.status for r in results] == ['completed'] * 3
   for a, b in zip(alone, together):
     ra, rb = read_metrics(a, kind='all'), read_metrics(b, kind='all')
@@ -59,6 +62,9 @@ def test_packed_seeds_write_what_each_writes_alone(tmp_path):
     for collection in ('params', 'batch_stats'):
       np.testing.assert_allclose(flat(pa[collection]), flat(pb[collection]),
                                  rtol=1e-3, atol=1e-5)
+  final = read_metrics(together[0])[-1]
+  assert any(k.startswith('grad_norm/') for k in final)
+  assert any(k.startswith('test_zero_fraction/') for k in final)
   # The seeds did differ.
   assert (read_metrics(together[0])[-1]['test_loss']
           != read_metrics(together[1])[-1]['test_loss'])
