@@ -34,7 +34,8 @@ cores shared with several other jobs (load average 9; 46 s of CPU, 45 s of
 wall time compiling, which each network does once); with the depth study's
 rate beside one background run (about 500 images/s for a 56-layer net), a
 4-epoch member takes about 75 s and the 12 about 18 min. The committed
-result and its figure:
+run took 30 min, beside three other studies. The committed result and its
+figure:
     python main.py --config=configs/gradient_flow_fmnist.py \
         --workdir=runs/gradient_flow_fmnist  # also writes results.csv
 and then, in Python from the repository root:
