@@ -42,6 +42,7 @@ Sizing, measured on this machine while it ran 3-4 other trainings (load
 average 7): one VGG member 62 s wall (52 s of CPU), one GoogLeNet member
 276 s (228 s of CPU), i.e. 33 CPU-minutes for the 18: about 20 minutes on 2
 idle cores (members of one shape share compiled steps within the process).
+The committed run took 46 min, beside three other studies.
 
 `:full`, the accelerator-size version (not run here): all 60,000 training
 images, 30 epochs for every member at batch 128, GoogLeNet-small at its own
