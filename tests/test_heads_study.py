@@ -4,17 +4,14 @@ hand-made study (no training; seconds)."""
 
 from __future__ import annotations
 
-import functools
 import json
 
-import jax
 import numpy as np
 import pytest
 from matplotlib import image as mpl_image
 
 from cnn import plotting
 from cnn.experiments import analysis, heads, sweep, sweep_results
-from cnn.models import registry
 from configs import default, heads_fmnist
 
 SEEDS = (0, 1, 2)
@@ -100,23 +97,6 @@ def test_full_is_the_accelerator_size_and_other_words_are_refused():
   assert googlenet.input.image_size == 0
   with pytest.raises(default.ConfigArgError, match="valid: 'full', "):
     heads_fmnist.get_sweep('ful')
-
-
-def test_the_auxiliary_heads_exist_in_training_only_when_switched_on():
-  _, configs = _members('runlocal')
-  images = jax.ShapeDtypeStruct((2, 28, 28, 1), np.float32)
-  for name in ('googlenet-noaux-seed0', 'googlenet-aux0.3-seed0'):
-    config = configs[name]
-    model = registry.create_model(config.model_name, num_classes=10,
-                                  **config.model)
-    # Shapes only (a trace, not a forward pass: seconds, not a minute).
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-    (_, out), _ = jax.eval_shape(functools.partial(
-        model.apply, train=True, mutable=['batch_stats'],
-        rngs={'dropout': jax.random.PRNGKey(1)}), variables, images)
-    assert ('aux_logits' in out) == config.model.aux_heads, name
-    if config.model.aux_heads:
-      assert [a.shape for a in out['aux_logits']] == [(2, 10), (2, 10)]
 
 
 def test_head_parameters_split_the_head_from_the_trunk():
