@@ -17,7 +17,6 @@ from cnn import plotting
 from cnn.experiments import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
-
 # Figures the analysis notebook draws per committed lecture study.
 LECTURE_STUDY_FIGURES = {
     'weight_sharing_fmnist': 2, 'batchnorm_fmnist': 1, 'activations_fmnist': 1,

@@ -24,7 +24,8 @@ nothing. All state is in files:
                           atomically when the member ends
 
 A completed or diverged member is skipped, a half-finished one resumes from
-its checkpoint, a failed one is tried again. `cnn.experiments.sweep_results` aggregates.
+its checkpoint, a failed one is tried again. `cnn.experiments.sweep_results`
+aggregates.
 """
 
 from __future__ import annotations
@@ -340,8 +341,9 @@ def run_member(config: ml_collections.ConfigDict, member: Member,
   'completed', 'diverged' and 'failed' are written to result.json;
   'preempted' writes nothing (the checkpoint is saved and a rerun resumes);
   'skipped' means result.json already said completed or diverged; 'busy'
-  that another process holds the member's lock (`workdir/.locks/<name>`: two processes on one sweep
-  share its members instead of training one twice).
+  that another process holds the member's lock (`workdir/.locks/<name>`:
+  two processes on one sweep share its members instead of training one
+  twice).
   """
   with _member_lock(workdir, member.name) as held:
     if not held:

@@ -304,7 +304,8 @@ def _make_row(call: trace.Call, flow: trace.Flow,
     row.pool = m.kind
     row.connections = out_units * int(np.prod(row.kernel))
     if m.kind == 'blur':  # every stride-1 max, then blur_size² reads each.
-      max_hw = [n - k + 1 for n, k in zip(call.in_shape[1:3], row.kernel)]
+      max_hw = [n - k + 1 for n, k in zip(call.in_shape[1:3], row.kernel,
+                                                 strict=True)]
       row.connections = (int(np.prod(max_hw)) * call.in_shape[-1]
                          * int(np.prod(row.kernel))
                          + out_units * m.blur_size ** 2)
