@@ -34,6 +34,7 @@ training images; the training error is measured in eval mode without
 augmentation (`eval_on_train`), so the gap = test error - training error.
 Measured here (2 CPU cores shared with five other trainings): see
 MEASURED; about 12 minutes on the 2 cores unshared, 50 under that load.
+The committed run took 35 min, beside two to three other studies.
 
 The committed result (results/augmentation_fmnist/), after the first two
 commands:
