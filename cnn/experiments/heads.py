@@ -250,12 +250,6 @@ def _interval(values: Sequence[float]) -> dict[str, Any]:
   return dict(values=list(values), mean=mean, half95=half, n=len(values))
 
 
-def _seeds_text(ns: Sequence[int]) -> str:
-  ns = sorted(set(ns)) or [0]
-  n = str(ns[0]) if len(ns) == 1 else f'{ns[0]}–{ns[-1]}'
-  return f'n = {n} seed' + ('' if n == '1' else 's')
-
-
 def _curve_panel(ax, study: analysis.Study, variants: Sequence[dict],
                  data: dict[str, Any]) -> list[int]:
   """Test (solid) and training (dashed) error vs iterations of `variants`,
@@ -348,7 +342,7 @@ def heads_figure(study: analysis.Study, path: str | None = None,
   top.grid(False, axis='y')
   top.set(xlabel='final error (%)',
           title=f'Final error per head: mean ± 95 % interval, '
-                f'{_seeds_text(ns)}')
+                f'{analysis.seeds_text(ns)}')
   top.legend(handles=[
       mlines.Line2D([], [], color='0.3', marker='o', ls='none',
                     label='test error'),
@@ -363,11 +357,11 @@ def heads_figure(study: analysis.Study, path: str | None = None,
        'GoogLeNet-small: auxiliary heads')):
     curve_ns += _curve_panel(ax, study, in_panel, data['curves'])
     ax.set_title(title)
+  band = f'band: ± 1 std over {analysis.seeds_text(curve_ns)}'
   lower.legend(handles=[
       mlines.Line2D([], [], color='0.2', lw=2.2, label='test error'),
       mlines.Line2D([], [], color='0.2', lw=1.0, ls='--', label=train_text),
-      mpatches.Patch(color='0.2', alpha=0.2,
-                     label=f'band: ± 1 std over {_seeds_text(curve_ns)}')],
+      mpatches.Patch(color='0.2', alpha=0.2, label=band)],
                loc='outside lower center', ncols=3)
   data['train_error'] = train_text
   return plotting.save(fig, path, data)

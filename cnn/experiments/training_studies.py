@@ -234,10 +234,6 @@ def comparison_table(study: Study,
   return '\n'.join(lines)
 
 
-def _seeds_text(ns: Sequence[int]) -> str:
-  return analysis.seeds_text(ns)
-
-
 # ------------------------------------------------------------ batch norm
 
 
@@ -403,8 +399,8 @@ def batchnorm_curves(study: Study, path: str | None = None, *,
   if any(e['n_diverged'] for e in data['variants'].values()):
     handles.append(mlines.Line2D([], [], color='0.2', marker='x', ls=':',
                                  lw=0.9, mew=2, label='diverged member'))
-  handles.append(mpatches.Patch(color='0.2', alpha=0.2,
-                                label=f'band: ± 1 std over {_seeds_text(ns)}'))
+  band = f'band: ± 1 std over {analysis.seeds_text(ns)}'
+  handles.append(mpatches.Patch(color='0.2', alpha=0.2, label=band))
   ax.set_ylim(0, 100)
   ax.set(xlabel='training steps', ylabel='test error (%)',
          title=f'{_model_text(study)}: with and without batch norm')
@@ -612,7 +608,7 @@ def activations_figure(study: Study, path: str | None = None):
       ax.text(0.5, 0.5, 'not logged', transform=ax.transAxes, ha='center',
               color='0.5')
   fig.suptitle(f'{_model_text(study)} without batch norm: one network, '
-               f'{len(names)} activations ({_seeds_text(ns)})')
+               f'{len(names)} activations ({analysis.seeds_text(ns)})')
   if handles:
     fig.legend(handles=handles, loc='outside lower center',
                ncols=min(len(handles), 4))
@@ -749,7 +745,7 @@ def gradient_flow_figure(study: Study, path: str | None = None):
       if c == 0:
         ax.set_ylabel('gradient L2 norm')
   fig.suptitle('Gradient norm per conv layer during training '
-               f'({_seeds_text(ns)}; band: ×/÷ geometric std)')
+               f'({analysis.seeds_text(ns)}; band: ×/÷ geometric std)')
   if not drawn:
     data['note'] = 'no gradient norms (config.log_grad_norms was off?)'
   return plotting.save(fig, path, data)

@@ -284,12 +284,6 @@ def _size(selections: dict[str, Selection], column: str) -> Any:
   return next((r[column] for r in rows if r.get(column, '') != ''), '')
 
 
-def _seeds_text(ns: Sequence[int]) -> str:
-  ns = sorted(set(ns)) or [0]
-  n = str(ns[0]) if len(ns) == 1 else f'{ns[0]}–{ns[-1]}'
-  return f'mean ± 95 % interval, n = {n} seed' + ('' if n == '1' else 's')
-
-
 @plotting.styled
 def weight_sharing_figure(study: analysis.Study, path: str | None = None):
   """Test error of each network on natural vs permuted pixels.
@@ -345,7 +339,7 @@ def weight_sharing_figure(study: analysis.Study, path: str | None = None):
          title='LeNet-5 layout, C1 and C3 three ways: test error')
   ax.set_ylim(bottom=0)
   if ns:
-    ax.legend(title=_seeds_text(ns), loc='upper left')
+    ax.legend(title=analysis.interval_text(ns), loc='upper left')
   return plotting.save(fig, path, data)
 
 

@@ -67,7 +67,7 @@ def _with_added_defaults(found: dict[str, Any], expected: dict[str, Any],
   from cnn.models import registry  # pylint: disable=g-import-not-at-top
   try:
     defaults = json.loads(json.dumps(registry.backbone_options(model_name)))
-  except Exception:  # pylint: disable=broad-except
+  except errors.UserError:
     return found  # an unknown model: compared as stored.
   added = {k: v for k, v in expected.items()
            if k not in found and k in defaults and defaults[k] == v}
