@@ -187,10 +187,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = ''
   config.init_dont_load = ml_collections.FieldReference((), field_type=tuple)
   config.transfer = ml_collections.ConfigDict()
-  # 'full', 'fine_tune', 'feature_extraction' or 'scratch' (regimes.py).
+  # 'full', 'fine_tune', 'freeze_first', 'feature_extraction' or 'scratch'
+  # (cnn/transfer/regimes.py says what each trains).
   config.transfer.regime = 'full'
-  config.transfer.fine_tune_groups = -1  # fine_tune: last k groups; -1 = all.
-  config.transfer.pretrained_lr_mult = 0.1  # lecture: 0.001 vs the head's 0.01.
+  # fine_tune: the last k groups train at pretrained_lr_mult x the rate (the
+  # lecture: 0.001 vs the head's 0.01), the groups before them are frozen
+  # (-1: none frozen, all at the lower rate).
+  config.transfer.fine_tune_groups = 2
+  config.transfer.pretrained_lr_mult = 0.1
+  # freeze_first: the first k groups frozen, the rest and the head trained
+  # at the configured rate (freezing without a lower learning rate).
+  config.transfer.freeze_groups = 1
   # [(regex over parameter paths, multiplier or None = frozen), ...]; when
   # not empty, replaces the regime's rules.
   config.transfer.rules = ml_collections.FieldReference((), field_type=tuple)

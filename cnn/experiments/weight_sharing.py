@@ -194,7 +194,8 @@ class Selection:
   candidates: dict[Any, float]
 
 
-def select_on_validation(rows: Sequence[dict[str, Any]], axis: str,
+def select_on_validation(rows: Sequence[dict[str, Any]],
+                         axis: Sequence[str] | str,
                          group_by: Sequence[str] | str,
                          metric: str = 'final_validation_error'
                          ) -> dict[tuple, Selection]:
@@ -210,7 +211,9 @@ def select_on_validation(rows: Sequence[dict[str, Any]], axis: str,
     rows: `cnn.experiments.sweep_results` rows (`analysis.Study.rows`): each
       with 'status', the `axis` and `group_by` columns (a sweep's override
       keys are columns) and `metric`.
-    axis: the column chosen over, e.g. 'optimizer.learning_rate'.
+    axis: the column chosen over, e.g. 'optimizer.learning_rate', or
+      several chosen together (a grid), e.g. ('optimizer.learning_rate',
+      'optimizer.weight_decay'): then each value is a tuple of theirs.
     group_by: the column(s) that make a group, e.g. ('model.connectivity',
       'input.permute_pixels').
     metric: the error minimised (mean over a value's completed seeds).
@@ -227,14 +230,18 @@ def select_on_validation(rows: Sequence[dict[str, Any]], axis: str,
       validation split).
   """
   group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+  if isinstance(axis, str):
+    value_of = lambda row: row[axis]
+  else:
+    value_of = lambda row: tuple(row[c] for c in axis)
   by_group: dict[tuple, dict[Any, list[dict[str, Any]]]] = {}
   diverged: set[tuple] = set()
   for row in rows:
     key = tuple(row[c] for c in group_by)
     if row['status'] == 'diverged':
-      diverged.add((key, row[axis]))
+      diverged.add((key, value_of(row)))
     elif row['status'] == 'completed' and row.get(metric, '') != '':
-      by_group.setdefault(key, {}).setdefault(row[axis], []).append(row)
+      by_group.setdefault(key, {}).setdefault(value_of(row), []).append(row)
   if not by_group:
     raise errors.UserError(
         f'No completed member has {metric}: the sweep held out no '

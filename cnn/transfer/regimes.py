@@ -15,8 +15,15 @@ weights (`config.init_from`):
   full                everything trains at the configured learning rate;
   fine_tune           the head at the configured rate (the lecture's 0.01),
                       the last `fine_tune_groups` backbone parameter groups
-                      at `pretrained_lr_mult` times it (0.1: 0.001), the
-                      rest frozen (fine_tune_groups = -1: all of them);
+                      (default 2) at `pretrained_lr_mult` times it (0.1:
+                      0.001), the rest frozen (fine_tune_groups = -1: no
+                      group frozen, every one at the lower rate): freezing
+                      and a lower rate at once;
+  freeze_first        the first `freeze_groups` backbone groups frozen,
+                      everything after them and the head trained at the
+                      configured rate: freezing alone (the lectures' "little
+                      data, different domain: fix the first layers, train
+                      the rest"; Yosinski et al.'s AnB);
   feature_extraction  the backbone frozen, only the new head trains;
   scratch             `full` from a random initialisation (the baseline:
                       `init_from` is not loaded).
@@ -37,7 +44,8 @@ import optax
 
 from cnn.common import errors
 
-REGIMES = ('full', 'fine_tune', 'feature_extraction', 'scratch')
+REGIMES = ('full', 'fine_tune', 'freeze_first', 'feature_extraction',
+           'scratch')
 Rule = tuple[str, float | None]
 
 
@@ -70,6 +78,15 @@ def regime_rules(transfer_config, groups: Sequence[str]) -> list[Rule]:
   if regime == 'feature_extraction':
     return [('head/.*', 1.0), ('.*', None)]
   groups = list(groups)
+  if regime == 'freeze_first':
+    k = transfer_config.freeze_groups
+    if not 1 <= k < len(groups):
+      raise errors.UserError(
+          f'config.transfer.freeze_groups={k}: choose 1..{len(groups) - 1} '
+          f'(the first k of the groups {groups} frozen); for all of them use '
+          "regime='feature_extraction', for none regime='full'.")
+    return ([('head/.*', 1.0)] + [(group_regex(g), 1.0) for g in groups[k:]]
+            + [('.*', None)])
   k = transfer_config.fine_tune_groups
   if not -1 <= k <= len(groups) or k == 0:
     raise errors.UserError(

@@ -1,0 +1,428 @@
+"""The transfer protocol: a grid on seed 0, choices on validation, then seeds.
+
+Kornblith, Shlens & Le (2019, "Do Better ImageNet Models Transfer
+Better?") tune every regime on a validation split before comparing them;
+so does this module, scaled to a CPU:
+
+1. `protocol_sweep(p, grid=True)`: for every (target, examples per class,
+   regime), one member per (learning rate, weight decay) of the grid, on
+   the first seed only.
+2. `protocol_sweep(p, grid=False, grid_workdir=...)`: reads the grid's
+   members, chooses per cell the setting with the lowest final validation
+   error (`choices`), and lists the cell's other seeds with it (`full` also
+   at every learning rate with that rate's best weight decay). Cells whose
+   grid has not finished are left out until a rerun.
+3. `protocol_rows`: the rows a table reads, one per (cell, seed) — seed 0
+   from the grid, the others from the seeds sweep, the `linear` regime from
+   `--mode=probe` runs — each with its target, examples per class, regime,
+   chosen hyper-parameters, validation and test accuracy and commit.
+
+Every member sets `input.sample_seed` to its seed: seeds draw their own
+few-shot (and validation) examples, and two regimes of one seed see the
+same ones, so they compare paired (`paired_differences`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from absl import logging
+
+from cnn import plotting
+from cnn.common import errors
+from cnn.experiments import sweep_results, weight_sharing
+
+LEARNING_RATE = 'optimizer.learning_rate'
+WEIGHT_DECAY = 'optimizer.weight_decay'
+LINEAR = 'linear'
+# Data-set names as member and target names spell them.
+DATASET_SHORT = {'fashion_mnist': 'fmnist', 'digits': 'digits',
+                 'mnist': 'mnist', 'cifar10': 'cifar10'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """One transfer experiment's design (a config's constants).
+
+  targets: name -> the input overrides that make the task ('input.dataset',
+    'input.classes', 'input.image_size', 'input.validation_*').
+  shots: the table's columns (examples per class as the table says them).
+  per_class: target -> `input.per_class` of each column (0 = every
+    example not held out, for a target with fewer than the column's).
+  steps: training steps of each column.
+  seeds: each column's seeds; the first is the grid's.
+  regimes: 'scratch', 'full', 'freeze<k>' (`freeze_first`, k groups).
+  learning_rates, weight_decays: the grid.
+  """
+
+  targets: dict[str, dict[str, Any]]
+  shots: tuple[int, ...]
+  per_class: dict[str, tuple[int, ...]]
+  steps: tuple[int, ...]
+  seeds: tuple[tuple[int, ...], ...]
+  regimes: tuple[str, ...]
+  learning_rates: tuple[float, ...]
+  weight_decays: tuple[float, ...]
+
+
+def set_dotted(config, key: str, value: Any) -> None:
+  """`config.a.b = value` for key 'a.b'."""
+  *parents, leaf = key.split('.')
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
+def regime_overrides(regime: str) -> dict[str, Any]:
+  """'scratch' | 'full' | 'freeze<k>' -> `config.transfer` overrides
+  (`transfer.freeze_groups` = 0 where nothing is frozen, so the column reads
+  as the number of frozen groups)."""
+  if regime in ('scratch', 'full'):
+    return {'transfer.regime': regime, 'transfer.freeze_groups': 0}
+  if regime.startswith('freeze') and regime[len('freeze'):].isdigit():
+    return {'transfer.regime': 'freeze_first',
+            'transfer.freeze_groups': int(regime[len('freeze'):])}
+  raise errors.UserError(
+      f"Unknown protocol regime {regime!r}: use 'scratch', 'full' or "
+      "'freeze<k>' (the first k parameter groups frozen).")
+
+
+def regime_label(regime: str, freeze_groups: Any) -> str:
+  """The inverse of `regime_overrides` for a results row."""
+  return (f'freeze{int(freeze_groups)}' if regime == 'freeze_first'
+          else str(regime))
+
+
+def target_name(dataset: str, classes: Sequence[int]) -> str:
+  """'fmnist59' for Fashion-MNIST classes 5..9, 'digits' for all digits."""
+  short = DATASET_SHORT.get(dataset, dataset)
+  classes = [int(c) for c in classes]
+  if not classes:
+    return short
+  if classes == list(range(classes[0], classes[-1] + 1)):
+    return f'{short}{classes[0]}{classes[-1]}'
+  return short + '_'.join(map(str, classes))
+
+
+def member(p: Protocol, target: str, column: int, regime: str,
+           learning_rate: float, weight_decay: float, seed: int,
+           runlocal: bool = False) -> dict[str, Any]:
+  """One member's overrides (`runlocal` keeps the shrunk base's steps)."""
+  out = {'seed': seed, 'input.sample_seed': seed, **p.targets[target],
+         'input.per_class': p.per_class[target][column]}
+  if not runlocal:
+    out['num_train_steps'] = p.steps[column]
+  out.update(regime_overrides(regime))
+  out.update({LEARNING_RATE: learning_rate, WEIGHT_DECAY: weight_decay})
+  return out
+
+
+def member_name(overrides: dict[str, Any]) -> str:
+  """'fmnist59-shots10-freeze2-lr0.01-wd0.0005-seed3'."""
+  target = target_name(overrides['input.dataset'], overrides['input.classes'])
+  per_class = overrides['input.per_class']
+  regime = regime_label(overrides['transfer.regime'],
+                        overrides['transfer.freeze_groups'])
+  return (f"{target}-shots{per_class or 'all'}-{regime}-"
+          f"lr{overrides[LEARNING_RATE]:g}-wd{overrides[WEIGHT_DECAY]:g}-"
+          f"seed{overrides['seed']}")
+
+
+def _columns(p: Protocol, runlocal: bool) -> range:
+  return range(1 if runlocal else len(p.shots))
+
+
+def grid_members(p: Protocol, runlocal: bool = False) -> list[dict]:
+  """Stage 1: every cell's grid on its first seed."""
+  rates = p.learning_rates[:1] if runlocal else p.learning_rates
+  decays = p.weight_decays[:1] if runlocal else p.weight_decays
+  return [member(p, target, c, regime, lr, wd, p.seeds[c][0], runlocal)
+          for target in p.targets for c in _columns(p, runlocal)
+          for regime in p.regimes for lr in rates for wd in decays]
+
+
+# ------------------------------------------------------------ the choices
+
+
+def _cell_of(p: Protocol, row: dict[str, Any]) -> tuple[str, int, str] | None:
+  """(target, column, regime) of a results row; None if not the protocol's."""
+  classes = row['input.classes'] or ()
+  target = next((t for t, o in p.targets.items()
+                 if o['input.dataset'] == row['input.dataset'] and
+                 tuple(o['input.classes']) == tuple(classes)), None)
+  if target is None:
+    return None
+  per_class = int(row['input.per_class'])
+  if per_class not in p.per_class[target]:
+    return None
+  return (target, p.per_class[target].index(per_class),
+          regime_label(row['transfer.regime'], row['transfer.freeze_groups']))
+
+
+def _with_cells(p: Protocol, rows: Sequence[dict[str, Any]]) -> list[dict]:
+  out = []
+  for row in rows:
+    cell = _cell_of(p, row) if row.get('input.dataset', '') != '' else None
+    if cell is not None:
+      out.append(dict(row, target=cell[0], column=cell[1], regime=cell[2]))
+  return out
+
+
+@dataclasses.dataclass
+class Choice:
+  """The setting chosen for one cell (and, for `full`, one per rate)."""
+
+  learning_rate: float
+  weight_decay: float
+  validation_error: float
+  candidates: dict[tuple[float, float], float]
+  per_rate: dict[float, float] = dataclasses.field(default_factory=dict)
+
+
+def choices(p: Protocol, grid_rows: Sequence[dict[str, Any]],
+            runlocal: bool = False
+            ) -> dict[tuple[str, int, str], Choice]:
+  """{(target, column, regime): Choice} for every cell whose grid members
+  have all finished (completed or diverged); `full`'s `per_rate` maps each
+  learning rate to its best weight decay."""
+  rows = _with_cells(p, grid_rows)
+  expected = {}
+  for m in grid_members(p, runlocal):
+    cell = _cell_of(p, m)
+    expected[cell] = expected.get(cell, 0) + 1
+  done: dict[tuple, list[dict]] = {}
+  for row in rows:
+    if row['status'] in sweep_results.RESULT_STATUSES:
+      done.setdefault((row['target'], row['column'], row['regime']),
+                      []).append(row)
+  out = {}
+  for cell, cell_rows in done.items():
+    if len(cell_rows) < expected.get(cell, math.inf):
+      continue
+    picked = weight_sharing.select_on_validation(
+        cell_rows, (LEARNING_RATE, WEIGHT_DECAY), 'regime')
+    if not picked:  # every setting diverged.
+      continue
+    (selection,) = picked.values()
+    lr, wd = selection.value
+    choice = Choice(float(lr), float(wd), selection.validation_error,
+                    selection.candidates)
+    if cell[2] == 'full':
+      per_rate = weight_sharing.select_on_validation(
+          cell_rows, WEIGHT_DECAY, LEARNING_RATE)
+      choice.per_rate = {float(k[0]): float(s.value)
+                         for k, s in per_rate.items()}
+    out[cell] = choice
+  return out
+
+
+def seed_members(p: Protocol, grid_rows: Sequence[dict[str, Any]],
+                 runlocal: bool = False) -> list[dict]:
+  """Stage 2: every finished cell's seeds after the first at its choice
+  (and `full` also at each rate's best weight decay; seed 0 of every
+  setting is in the grid). Logs the cells still waiting for the grid."""
+  chosen = choices(p, grid_rows, runlocal)
+  out, waiting = [], []
+  for target in p.targets:
+    for c in _columns(p, runlocal):
+      for regime in p.regimes:
+        choice = chosen.get((target, c, regime))
+        if choice is None:
+          waiting.append(f'{target}/{p.shots[c]}/{regime}')
+          continue
+        seeds = p.seeds[c][1:2] if runlocal else p.seeds[c][1:]
+        settings = [(choice.learning_rate, choice.weight_decay)]
+        settings += [(lr, wd) for lr, wd in choice.per_rate.items()
+                     if (lr, wd) != settings[0]]
+        for lr, wd in settings:
+          for seed in seeds:
+            out.append(member(p, target, c, regime, lr, wd, seed, runlocal))
+  if waiting:
+    logging.warning('The grid has not finished %d cell(s) (%s): their seeds '
+                    'are left out; rerun this sweep when it has.',
+                    len(waiting), ', '.join(waiting[:6]))
+  return out
+
+
+def protocol_sweep(p: Protocol, *, grid: bool, runlocal: bool,
+                   grid_workdir: str) -> list[dict]:
+  """A config's `get_sweep`: the grid, or the seeds chosen from it."""
+  if grid:
+    return grid_members(p, runlocal)
+  if not os.path.exists(os.path.join(grid_workdir, 'sweep.json')):
+    raise errors.UserError(
+        f'The seeds of the transfer protocol are chosen on the grid in '
+        f'{grid_workdir}, which does not exist: run the grid first '
+        '(--config=FILE:grid, --workdir= that directory).')
+  members = seed_members(p, sweep_results.collect(grid_workdir), runlocal)
+  if not members:
+    raise errors.UserError(
+        f'No cell of the grid in {grid_workdir} has finished: let it run '
+        '(or resume it) first.')
+  return members
+
+
+# --------------------------------------------------------- rows and tables
+
+ROW_COLUMNS = ('target', 'shots', 'per_class', 'regime', 'seed',
+               'learning_rate', 'weight_decay', 'l2_reg', 'steps',
+               'validation_accuracy', 'test_accuracy', 'status', 'member',
+               'git_commit')
+
+
+def _accuracy(error: Any) -> float:
+  return math.nan if error in ('', None) else 1.0 - float(error)
+
+
+def protocol_rows(p: Protocol, grid_rows: Sequence[dict[str, Any]],
+                  seed_rows: Sequence[dict[str, Any]],
+                  linear_rows: Sequence[dict[str, Any]] = ()
+                  ) -> list[dict[str, Any]]:
+  """One row (`ROW_COLUMNS`) per (cell, seed, setting) of the protocol.
+
+  Args:
+    p: the protocol.
+    grid_rows, seed_rows: `sweep_results.collect` rows of the two sweeps.
+    linear_rows: `probe.csv` rows of the `linear` regime (layer
+      'pre_logits', method 'logistic'), each with 'target' added.
+
+  Returns:
+    Trained regimes: seed 0 from the grid (at the cell's choice, and for
+    `full` also at each rate's best weight decay, labelled
+    'full@<rate>'), other seeds from `seed_rows`; the chosen `full` setting
+    appears both as 'full' and as 'full@<its rate>'. Then the linear
+    regime's rows.
+  """
+  chosen = choices(p, grid_rows)
+  out = []
+
+  def add(row, regime):
+    out.append(dict(
+        target=row['target'], shots=p.shots[row['column']],
+        per_class=int(row['input.per_class']), regime=regime,
+        seed=int(row['seed']), learning_rate=float(row[LEARNING_RATE]),
+        weight_decay=float(row[WEIGHT_DECAY]), l2_reg='',
+        steps=p.steps[row['column']],
+        validation_accuracy=_accuracy(row['final_validation_error']),
+        test_accuracy=_accuracy(row['final_test_error']),
+        status=row['status'], member=row['member'],
+        git_commit=row['git_commit']))
+
+  for row in _with_cells(p, [*grid_rows, *seed_rows]):
+    choice = chosen.get((row['target'], row['column'], row['regime']))
+    if choice is None or row['status'] not in sweep_results.RESULT_STATUSES:
+      continue
+    setting = (float(row[LEARNING_RATE]), float(row[WEIGHT_DECAY]))
+    if setting == (choice.learning_rate, choice.weight_decay):
+      add(row, row['regime'])
+    if row['regime'] == 'full' and choice.per_rate.get(
+        setting[0]) == setting[1]:
+      add(row, f'full@{setting[0]:g}')
+  for row in linear_rows:
+    target = row['target']
+    per_class = int(row['shots'])
+    column = p.per_class[target].index(per_class)
+    out.append(dict(
+        target=target, shots=p.shots[column], per_class=per_class,
+        regime=LINEAR, seed=int(row['seed']), learning_rate='',
+        weight_decay='', l2_reg=float(row['l2_reg']), steps='',
+        validation_accuracy=float(row['validation_accuracy']),
+        test_accuracy=float(row['test_accuracy']), status='completed',
+        member=row.get('member', ''), git_commit=row.get('git_commit', '')))
+  return out
+
+
+def _by_cell(rows: Sequence[dict[str, Any]]
+             ) -> dict[tuple[str, int, str], dict[int, float]]:
+  """{(target, shots, regime): {seed: test accuracy %}} of completed rows."""
+  out: dict[tuple, dict[int, float]] = {}
+  for r in rows:
+    if r['status'] == 'completed' and math.isfinite(r['test_accuracy']):
+      out.setdefault((r['target'], r['shots'], r['regime']), {})[
+          r['seed']] = 100 * r['test_accuracy']
+  return out
+
+
+def paired_differences(rows: Sequence[dict[str, Any]],
+                       baseline: str = 'scratch'
+                       ) -> dict[tuple[str, int, str], dict[str, Any]]:
+  """{(target, shots, regime): dict(difference, half95, n)}: the mean over
+  the seeds both have of (regime - baseline) test accuracy in points, with
+  the 95 % t-interval of the paired differences (same seed = same
+  examples)."""
+  cells = _by_cell(rows)
+  out = {}
+  for (target, shots, regime), acc in cells.items():
+    base = cells.get((target, shots, baseline))
+    if regime == baseline or not base:
+      continue
+    seeds = sorted(set(acc) & set(base))
+    if not seeds:
+      continue
+    mean, half = plotting.interval95([acc[s] - base[s] for s in seeds])
+    out[target, shots, regime] = dict(difference=mean, half95=half,
+                                      n=len(seeds))
+  return out
+
+
+def _cell_text(values: Sequence[float]) -> str:
+  if not values:
+    return ''
+  return (f'{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}'
+          f' ({len(values)})')
+
+
+def guidance_table(p: Protocol, rows: Sequence[dict[str, Any]],
+                   regimes: Sequence[str] | None = None) -> str:
+  """Markdown: target x regime rows, one column per examples-per-class
+  value: test accuracy % mean ± std (n seeds), and beneath each non-scratch
+  cell its paired difference to scratch with the 95 % interval."""
+  cells = _by_cell(rows)
+  diffs = paired_differences(rows)
+  regimes = list(regimes or dict.fromkeys(r['regime'] for r in rows))
+  head = ('| target | regime | ' +
+          ' | '.join(f'{s} / class' for s in p.shots) + ' |')
+  lines = [head, '| --- | --- |' + ' --- |' * len(p.shots)]
+  for target in p.targets:
+    for regime in regimes:
+      texts = []
+      for s in p.shots:
+        acc = cells.get((target, s, regime), {})
+        text = _cell_text(list(acc.values()))
+        d = diffs.get((target, s, regime))
+        if d and text:
+          text += (f' [{d["difference"]:+.1f} ± {d["half95"]:.1f}]'
+                   if math.isfinite(d['half95']) else
+                   f' [{d["difference"]:+.1f}]')
+        texts.append(text)
+      if any(texts):
+        lines.append(f'| {target} | {regime} | ' + ' | '.join(texts) + ' |')
+  return '\n'.join(lines)
+
+
+def choices_table(p: Protocol, rows: Sequence[dict[str, Any]]) -> str:
+  """Markdown: the chosen setting of each cell (learning rate / weight
+  decay, or the logistic L2 of `linear`), read from the rows of seed 0."""
+  picked = {}
+  for r in rows:
+    if r['seed'] != p.seeds[0][0] or r['regime'].startswith('full@'):
+      continue
+    if r['regime'] == LINEAR:
+      text = f'L2 {r["l2_reg"]:g}'
+    else:
+      text = f'{r["learning_rate"]:g} / {r["weight_decay"]:g}'
+    picked[r['target'], r['shots'], r['regime']] = text
+  regimes = list(dict.fromkeys(k[2] for k in picked))
+  lines = ['| target | regime | ' + ' | '.join(
+      f'{s} / class' for s in p.shots) + ' |',
+           '| --- | --- |' + ' --- |' * len(p.shots)]
+  for target in p.targets:
+    for regime in regimes:
+      cells = [picked.get((target, s, regime), '') for s in p.shots]
+      if any(cells):
+        lines.append(f'| {target} | {regime} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
