@@ -57,6 +57,8 @@ On an accelerator: the same protocol at full size is this file with
 LEARNING_RATES = (0.1, 0.01, 0.001), STEPS x 2 and `--pack=3`.
 """
 
+import os
+
 import ml_collections
 
 from cnn.experiments import transfer_protocol
@@ -96,18 +98,19 @@ PROTOCOL = transfer_protocol.Protocol(
 PACK = 1
 
 
-def _stage(arg: str | None) -> tuple[bool, bool]:
-  """(grid, runlocal) of `--config=FILE:ARG`."""
-  stage, runlocal = default.parse_arg(arg, __file__, value="'grid'")
-  if stage not in (None, 'grid'):
+def stage(arg: str | None, config_file: str = __file__) -> tuple[bool, bool]:
+  """(grid, runlocal) of `--config=config_file:ARG`."""
+  word, runlocal = default.parse_arg(arg, config_file, value="'grid'")
+  if word not in (None, 'grid'):
     raise default.ConfigArgError(
-        f"Unknown argument {stage!r} in --config=configs/transfer_fmnist.py:"
-        f"{arg}; valid: 'grid', 'runlocal' or both, comma-separated.")
-  return stage == 'grid', runlocal
+        f'Unknown argument {word!r} in --config=configs/'
+        f"{os.path.basename(config_file)}:{arg}; valid: 'grid', 'runlocal' "
+        'or both, comma-separated.')
+  return word == 'grid', runlocal
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  _, runlocal = _stage(arg)
+  _, runlocal = stage(arg)
   config = default.get_config()
   config.init_from = RUNLOCAL_SOURCE_WORKDIR if runlocal else SOURCE_WORKDIR
   for key, value in TARGETS['fmnist59'].items():
@@ -131,7 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def get_sweep(arg: str | None = None) -> list[dict]:
   """`grid`: seed 0's grid; otherwise the other seeds with the grid's
   choices (read from GRID_WORKDIR)."""
-  grid, runlocal = _stage(arg)
+  grid, runlocal = stage(arg)
   return transfer_protocol.protocol_sweep(
       PROTOCOL, grid=grid, runlocal=runlocal,
       grid_workdir=RUNLOCAL_GRID_WORKDIR if runlocal else GRID_WORKDIR)

@@ -525,6 +525,8 @@ def read_probes(directory: str) -> list[dict[str, Any]]:
     r.update(shots=int(r['shots']), seed=int(r['seed']), dim=int(r['dim']),
              train_accuracy=float(r['train_accuracy']),
              test_accuracy=float(r['test_accuracy']))
+    for key in ('l2_reg', 'validation_accuracy'):  # older probe.csv: none.
+      r[key] = float(r[key]) if r.get(key, '') != '' else ''
   return rows
 
 

@@ -28,7 +28,8 @@ import csv
 import io
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -43,10 +44,12 @@ from cnn.common import errors
 from cnn.kernels import forms
 from cnn.training import checkpoint, train
 from cnn.visualize import common
+from input_pipeline import errors as input_errors
+from input_pipeline.sources import class_subset
 
 METHODS = ('ridge', 'logistic', 'svm')
-COLUMNS = ('layer', 'shots', 'seed', 'method', 'train_accuracy',
-           'test_accuracy', 'dim')
+COLUMNS = ('layer', 'shots', 'seed', 'method', 'l2_reg', 'train_accuracy',
+           'validation_accuracy', 'test_accuracy', 'dim')
 
 
 # ----------------------------------------------------------------- the probes
@@ -95,54 +98,92 @@ def ridge_predict(features: np.ndarray, w: np.ndarray, b: np.ndarray
   return np.argmax(np.asarray(features, np.float64) @ w + b, axis=1)
 
 
-def _standardise(train_x: np.ndarray, test_x: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+# The regularisation each method uses without a validation split, and the
+# grid it is chosen from with one (λ of ridge; λ = 1/C of sklearn's
+# logistic regression and linear SVM, on standardised features).
+DEFAULT_L2 = {'ridge': 2.0**10, 'logistic': 1 / 0.316, 'svm': 1.0}
+L2_GRIDS = {'ridge': tuple(2.0 ** np.arange(0, 21, 2)),
+            'logistic': tuple(10.0 ** np.arange(-3, 3.5, 0.5)),
+            'svm': tuple(10.0 ** np.arange(-3, 4))}
+
+
+def fit_probe(method: str, train_x: np.ndarray, train_y: np.ndarray,
+              num_classes: int, l2_reg: float
+              ) -> Callable[[np.ndarray], np.ndarray]:
+  """Fits one probe on [N, D] `train_x` (standardised with its own
+  statistics); returns `predict([M, D]) -> [M]` classes.
+
+  'ridge': `ridge_fit` (closed form). 'logistic': multinomial logistic
+  regression solved to convergence by L-BFGS (sklearn: ½||W||² + C Σ
+  cross-entropy, C = 1 / l2_reg; a convex problem, so its optimum depends
+  on no learning rate or step count). 'svm': sklearn's LinearSVC.
+  """
+  train_x = np.asarray(train_x, np.float64)
+  mean = train_x.mean(axis=0)
+  std = train_x.std(axis=0)
   # Stages differ in scale by orders of magnitude: on raw pooled maps a
   # fixed ridge λ shrinks W to ~0 and the bias (the class frequencies)
   # decides; sklearn's solvers converge (and C means the same) on unit-scale
   # inputs too. The statistics come from the probe's training examples only.
-  mean = train_x.mean(axis=0)
-  std = train_x.std(axis=0)
   std = np.where(std > 1e-12, std, 1.0)
-  return (train_x - mean) / std, (test_x - mean) / std
+  scale = lambda x: (np.asarray(x, np.float64) - mean) / std
+  if method == 'ridge':
+    w, b = ridge_fit(scale(train_x), train_y, num_classes, l2_reg)
+    return lambda x: ridge_predict(scale(x), w, b)
+  # Imported here: sklearn costs seconds to import and ridge needs none.
+  from sklearn import linear_model, svm  # pylint: disable=g-import-not-at-top
+  if method == 'logistic':
+    clf = linear_model.LogisticRegression(C=1 / l2_reg, solver='lbfgs',
+                                          max_iter=10_000, tol=1e-6)
+  elif method == 'svm':
+    clf = svm.LinearSVC(C=1 / l2_reg, max_iter=10_000)
+  else:
+    raise errors.UserError(f'Unknown probe method {method!r}; valid: '
+                           f'{list(METHODS)}.')
+  with warnings.catch_warnings():  # LinearSVC's slow convergence on tiny C.
+    warnings.simplefilter('ignore')
+    clf.fit(scale(train_x), train_y)
+  return lambda x: clf.predict(scale(x))
 
 
 def fit_and_score(method: str, train_x: np.ndarray, train_y: np.ndarray,
                   test_x: np.ndarray, test_y: np.ndarray, num_classes: int,
                   l2_reg: float) -> tuple[float, float]:
   """Fits one probe on [N, D] `train_x`; returns (train, test) accuracy."""
-  train_s, test_s = _standardise(np.asarray(train_x, np.float64),
-                                 np.asarray(test_x, np.float64))
-  if method == 'ridge':
-    w, b = ridge_fit(train_s, train_y, num_classes, l2_reg)
-    train_pred = ridge_predict(train_s, w, b)
-    test_pred = ridge_predict(test_s, w, b)
-  else:
-    # Imported here: sklearn costs seconds to import and ridge needs none.
-    from sklearn import linear_model, svm  # pylint: disable=g-import-not-at-top
-    if method == 'logistic':
-      clf = linear_model.LogisticRegression(max_iter=1000, C=0.316)
-    elif method == 'svm':
-      clf = svm.LinearSVC()
-    else:
-      raise errors.UserError(f'Unknown probe method {method!r}; valid: '
-                             f'{list(METHODS)}.')
-    clf.fit(train_s, train_y)
-    train_pred, test_pred = clf.predict(train_s), clf.predict(test_s)
-  return (float(np.mean(train_pred == train_y)),
-          float(np.mean(test_pred == test_y)))
+  predict = fit_probe(method, train_x, train_y, num_classes, l2_reg)
+  return (float(np.mean(predict(train_x) == train_y)),
+          float(np.mean(predict(test_x) == test_y)))
 
 
-def few_shot_indices(labels: np.ndarray, shots: int, seed: int,
-                     num_classes: int) -> np.ndarray:
-  """Indices of `shots` examples of every class (0 = all examples), drawn
-  without replacement with `np.random.default_rng(seed)`; sorted."""
-  if shots == 0:
-    return np.arange(len(labels))
-  rng = np.random.default_rng(seed)
-  picked = [rng.choice(np.flatnonzero(labels == c), shots, replace=False)
-            for c in range(num_classes)]
-  return np.sort(np.concatenate(picked))
+def fit_on_validation(method: str, train: tuple[np.ndarray, np.ndarray],
+                      validation: tuple[np.ndarray, np.ndarray],
+                      test: tuple[np.ndarray, np.ndarray], num_classes: int,
+                      l2_grid: Sequence[float] | None = None
+                      ) -> dict[str, float]:
+  """The probe whose L2 (from `l2_grid`, default `L2_GRIDS[method]`) scores
+  best on `validation` (ties: the stronger L2); the test split is scored
+  once, with that one.
+
+  Args:
+    method: 'ridge', 'logistic' or 'svm'.
+    train, validation, test: (features [N, D], labels [N]).
+    num_classes: K.
+    l2_grid: the candidate λ.
+
+  Returns:
+    dict(l2_reg, train_accuracy, validation_accuracy, test_accuracy).
+  """
+  best = None
+  for l2 in sorted(l2_grid or L2_GRIDS[method], reverse=True):
+    predict = fit_probe(method, *train, num_classes, l2)
+    accuracy = float(np.mean(predict(validation[0]) == validation[1]))
+    if best is None or accuracy > best[1]:
+      best = (l2, accuracy, predict)
+  l2, val_acc, predict = best
+  return dict(l2_reg=float(l2),
+              train_accuracy=float(np.mean(predict(train[0]) == train[1])),
+              validation_accuracy=val_acc,
+              test_accuracy=float(np.mean(predict(test[0]) == test[1])))
 
 
 # ------------------------------------------------------------------ features
@@ -245,22 +286,35 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
                   layers: Sequence[str] | None = None,
                   shots: Sequence[int] = (10, 100, 1000),
                   seeds: Sequence[int] = (0, 1, 2), method: str = 'ridge',
-                  l2_reg: float = 2.0**10) -> list[dict[str, Any]]:
+                  l2_reg: float | None = None) -> list[dict[str, Any]]:
   """Linear probes of every layer of the run in `workdir`.
 
+  The examples of each (shots, seed) are drawn as a training run with
+  `config.input.per_class=shots` and `sample_seed=seed` draws them
+  (`class_subset.split_indices`), so a probe and a trained member of the
+  same seed see the same examples. With `config.input.validation_per_class`
+  (or `validation_fraction`) the validation examples are held out as such a
+  run holds them out, and each probe's L2 is chosen on them from
+  `L2_GRIDS[method]` (the test split is scored once, with the choice);
+  without, the L2 is `l2_reg` (default `DEFAULT_L2[method]`).
+
   Args:
-    config: the config of the run (as given on the command line).
+    config: the config of the run (as given on the command line), with the
+      probed data's `config.input` (classes, validation).
     workdir: a trained workdir; its newest checkpoint is probed.
     layers: `out` names to probe; default all but 'logits'.
-    shots: training examples per class (0 = every training example); a
-      value larger than the rarest class has is skipped with a warning.
+    shots: training examples per class (0 = every training example not
+      held out); a value larger than the rarest class allows is skipped
+      with a warning.
     seeds: seeds of the draw of the examples.
-    method: 'ridge' (closed form, `l2_reg`), 'logistic' or 'svm'.
-    l2_reg: ridge's λ.
+    method: 'ridge' (closed form), 'logistic' (multinomial, L-BFGS) or
+      'svm'.
+    l2_reg: the L2 without a validation split.
 
   Returns:
     One dict per (layer, shots, seed): `COLUMNS` (accuracies in [0, 1],
-    `dim` the feature dimension D).
+    validation_accuracy '' without a validation split, `dim` the feature
+    dimension D).
 
   Raises:
     errors.UserError: unknown method or layer, bad shots, no checkpoint,
@@ -275,7 +329,13 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
                            f'seeds not empty; got shots={shots}, '
                            f'seeds={list(seeds)}.')
   inp = config.input
-  info = input_pipeline.get_input_info(inp)
+  validation = inp.validation_per_class or inp.validation_fraction
+  # The features of every training example of the task; the draws below
+  # divide them as the input pipeline divides the training split.
+  whole = ml_collections.ConfigDict(inp.to_dict())
+  whole.per_class, whole.sample_seed = 0, -1
+  whole.validation_per_class, whole.validation_fraction = 0, 0.0
+  info = input_pipeline.get_input_info(whole)
   model, step, variables = _load_model(config, workdir, info.image_shape)
   valid = layer_names(model, variables, info.image_shape)
   layers = list(layers) if layers else valid
@@ -286,7 +346,7 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
 
   def features(split):
     batches = input_pipeline.create_eval_batches(
-        inp, split=split, batch_size=int(inp.eval_batch_size))
+        whole, split=split, batch_size=int(inp.eval_batch_size))
     return stage_features(model, variables, batches, layers, with_labels=True)
 
   with forms.use_conv_impl(config.get('conv_impl', 'auto')):
@@ -294,28 +354,37 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
     test_feats, test_labels = features('test')
   logging.info('Probing step %d: %d training, %d test examples, layers %s.',
                step, len(train_labels), len(test_labels), layers)
-  counts = np.bincount(train_labels, minlength=info.num_classes)
-  usable = [s for s in shots if s <= counts.min()]
-  if len(usable) < len(shots):
-    logging.warning('Skipping shots %s: the rarest class has %d training '
-                    'examples.', [s for s in shots if s not in usable],
-                    counts.min())
-  if not usable:
+  draws = {}
+  for s in shots:
+    for seed in seeds:
+      try:
+        draws[s, seed] = class_subset.split_indices(
+            train_labels, per_class=s, validation=validation, seed=int(seed))
+      except input_errors.InputConfigError as e:
+        logging.warning('Skipping %d examples per class: %s', s, e)
+        break
+  if not draws:
     raise errors.UserError(
-        f'Every shots value {shots} exceeds the {counts.min()} training '
-        'examples of the rarest class; pass smaller --probe_shots (or 0 = '
-        'all).')
+        f'Every shots value {shots} exceeds what the rarest class has '
+        f'({np.bincount(train_labels).min()} training examples, validation '
+        'held out); pass smaller --probe_shots (or 0 = all).')
+  l2_reg = DEFAULT_L2[method] if l2_reg is None else l2_reg
   rows = []
   for layer in layers:
-    for s in usable:
-      for seed in seeds:
-        idx = few_shot_indices(train_labels, s, seed, info.num_classes)
-        train_acc, test_acc = fit_and_score(
-            method, train_feats[layer][idx], train_labels[idx],
-            test_feats[layer], test_labels, info.num_classes, l2_reg)
-        rows.append(dict(layer=layer, shots=s, seed=int(seed), method=method,
-                         train_accuracy=train_acc, test_accuracy=test_acc,
-                         dim=int(train_feats[layer].shape[1])))
+    x, test = train_feats[layer], (test_feats[layer], test_labels)
+    for (s, seed), (idx, held) in draws.items():
+      train_set = (x[idx], train_labels[idx])
+      if validation:
+        scores = fit_on_validation(method, train_set,
+                                   (x[held], train_labels[held]), test,
+                                   info.num_classes)
+      else:
+        train_acc, test_acc = fit_and_score(method, *train_set, *test,
+                                            info.num_classes, l2_reg)
+        scores = dict(l2_reg=l2_reg, train_accuracy=train_acc,
+                      validation_accuracy='', test_accuracy=test_acc)
+      rows.append(dict(layer=layer, shots=s, seed=int(seed), method=method,
+                       dim=int(x.shape[1]), **scores))
   return rows
 
 
