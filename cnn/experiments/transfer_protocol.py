@@ -25,6 +25,7 @@ same ones, so they compare paired (`paired_differences`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Sequence
@@ -151,6 +152,8 @@ def grid_members(p: Protocol, runlocal: bool = False) -> list[dict]:
 def _cell_of(p: Protocol, row: dict[str, Any]) -> tuple[str, int, str] | None:
   """(target, column, regime) of a results row; None if not the protocol's."""
   classes = row['input.classes'] or ()
+  if isinstance(classes, str):  # results rows hold lists as JSON text.
+    classes = json.loads(classes)
   target = next((t for t, o in p.targets.items()
                  if o['input.dataset'] == row['input.dataset'] and
                  tuple(o['input.classes']) == tuple(classes)), None)
