@@ -26,7 +26,7 @@ RUNLOCAL_SOURCE_WORKDIR):
 import ml_collections
 
 from cnn.experiments import transfer_protocol
-from configs import default, transfer_fmnist, transfer_source_resnet
+from configs import transfer_fmnist, transfer_source_resnet
 
 SOURCE_WORKDIR = 'runs/transfer_source_resnet20'
 # configs/transfer_source_resnet.py:runlocal's workdir in its docstring.

@@ -3,62 +3,69 @@
     python main.py --config=configs/transfer_yosinski.py \
         --workdir=runs/transfer_yosinski
 
-The smoke test (`:runlocal`; the source as for configs/transfer_fmnist.py):
+after configs/transfer_fmnist.py's grid and seeds (it reads both: the
+hyper-parameters they chose and their `scratch` members, the B networks).
 
-    python main.py --config=configs/transfer_source.py:runlocal \
-        --workdir=/tmp/runlocal/transfer_source_lenet5
-    python main.py --config=configs/transfer_yosinski.py:runlocal \
-        --workdir=/tmp/runlocal/transfer_yosinski
-
-Copy the first n parameter groups (n = 0..4 of c1, c3, f5, f6) of the
-source network (configs/transfer_source.py: Fashion-MNIST classes 0-4) into
-a fresh LeNet-5 and train on the target (classes 5-9, 100 examples per
-class), the copied groups either frozen ("AnB": the rest trains from
-scratch at 0.01) or fine-tuned with everything ("AnB+", 0.01 throughout).
-n = 0 is training from scratch; n = 4 frozen is feature extraction. The
-training recipe is configs/transfer_fmnist.py's; 3 seeds. `:runlocal`
-keeps seed 0 and n = 0, 1 and 4: five members named as in the full sweep,
-shrunk like transfer_fmnist.py's.
+On each target of the transfer protocol (Fashion-MNIST classes 5-9, the
+similar domain; digits, the different one) with 100 examples per class and
+seeds 0-2 (each drawing its own examples), the first n = 1..3 of LeNet-5's
+four parameter groups (c1, c3, f5, f6) are copied from
+  A  the source network (Fashion-MNIST classes 0-4), or
+  B  a LeNet-5 trained from scratch on the same target examples (the
+     protocol's `scratch` member of that seed),
+and either frozen (AnB, BnB: the rest starts afresh and trains) or
+fine-tuned with the rest (AnB+, BnB+); each at the learning rate and weight
+decay the protocol chose on validation for that target and regime
+(`freeze<n>` for frozen, `full` for fine-tuned). n = 0 is the protocol's
+`scratch`; n = 4 frozen from A is its `linear` regime (the export reads
+both). BnB against B itself measures co-adaptation (fragile features
+split apart), AnB against BnB the specificity of A's features to A's task.
+The analysis: `cnn.experiments.transfer_protocol.yosinski_figure`.
+`:runlocal`: n = 1 on 10 examples per class, from the `:runlocal`
+protocol's workdirs (seeds 0 and 1), shrunk.
 """
 
 import ml_collections
 
-from cnn.experiments import sweep
-from configs import default, transfer_fmnist
+from cnn.experiments import transfer_protocol
+from configs import transfer_fmnist
 
-NUM_GROUPS = 4  # c1, c3, f5, f6 (the pools have none); ResNet-20: 4 too.
-SHOTS = 100
+COPIES = (1, 2, 3)
+COLUMN = 1  # 100 examples per class.
 SEEDS = (0, 1, 2)
+SEEDS_WORKDIR = 'runs/transfer_fmnist'
+RUNLOCAL_SEEDS_WORKDIR = '/tmp/runlocal/transfer_fmnist'
+PACK = 1  # as configs/transfer_fmnist.py's.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  _, runlocal = default.parse_arg(arg, __file__)
-  config = transfer_fmnist.get_config('runlocal' if runlocal else None)
-  config.input.per_class = SHOTS
-  config.transfer.pretrained_lr_mult = 1.0
-  return config
+  _, runlocal = transfer_fmnist.stage(arg, __file__)
+  return transfer_fmnist.get_config('runlocal' if runlocal else None)
 
 
-def _frozen(n: int) -> dict:
-  """The first n groups copied and frozen, the others fresh and trained."""
-  if n == NUM_GROUPS:
-    return {'transfer.regime': 'feature_extraction'}
-  return {'transfer.regime': 'fine_tune',
-          'transfer.fine_tune_groups': NUM_GROUPS - n}
+def sweep_for(arg, source, grid_workdir, seeds_workdir, config_file):
+  """The members of a Yosinski config reading the protocol's workdirs."""
+  _, runlocal = transfer_fmnist.stage(arg, config_file)
+  p = transfer_fmnist.PROTOCOL
+  return transfer_protocol.yosinski_members(
+      p, transfer_protocol.read_grid(grid_workdir), source_workdir=source,
+      grid_workdir=grid_workdir, seeds_workdir=seeds_workdir,
+      column=0 if runlocal else COLUMN,
+      copies=COPIES[:1] if runlocal else COPIES,
+      seeds=p.seeds[0][:2] if runlocal else SEEDS, runlocal=runlocal)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-  runlocal = default.runlocal_requested(arg, __file__)
-  copies = []
-  for n in (0, 1, NUM_GROUPS) if runlocal else range(NUM_GROUPS + 1):
-    copies.append(dict(_frozen(n), **{'transfer.copy_groups': n}))
-    if n:  # n = 0 fine-tuned is the same run as n = 0 frozen.
-      copies.append({'transfer.regime': 'full', 'transfer.copy_groups': n})
-  return sweep.product(sweep.axis('seed', SEEDS[:1] if runlocal else SEEDS),
-                       copies)
+  runlocal = transfer_fmnist.stage(arg, __file__)[1]
+  return sweep_for(
+      arg, transfer_fmnist.RUNLOCAL_SOURCE_WORKDIR if runlocal
+      else transfer_fmnist.SOURCE_WORKDIR,
+      transfer_fmnist.RUNLOCAL_GRID_WORKDIR if runlocal
+      else transfer_fmnist.GRID_WORKDIR,
+      RUNLOCAL_SEEDS_WORKDIR if runlocal else SEEDS_WORKDIR, __file__)
 
 
 def member_name(overrides: dict) -> str:
-  kind = 'finetuned' if overrides['transfer.regime'] == 'full' else 'frozen'
-  return (f"copy{overrides['transfer.copy_groups']}-{kind}-"
-          f"seed{overrides['seed']}")
+  return transfer_protocol.yosinski_name(
+      overrides, (transfer_fmnist.SOURCE_WORKDIR,
+                  transfer_fmnist.RUNLOCAL_SOURCE_WORKDIR))

@@ -1,29 +1,38 @@
-"""configs/transfer_yosinski.py (copy the first n groups, frozen or
-fine-tuned) on the CIFAR ResNet-20 source: n = 0..4 of stem, stage1,
-stage2, stage3.
+"""configs/transfer_yosinski.py (copy the first n groups from A or B,
+frozen or fine-tuned) on the CIFAR ResNet-20 source: n = 1..3 of stem,
+stage1, stage2, stage3.
 
     python main.py --config=configs/transfer_yosinski_resnet.py \
         --workdir=runs/transfer_yosinski_resnet
 
-The smoke test (`:runlocal`, as configs/transfer_yosinski.py's, from the
-`:runlocal` ResNet-20 source):
-
-    python main.py --config=configs/transfer_source_resnet.py:runlocal \
-        --workdir=/tmp/runlocal/transfer_source_resnet20
-    python main.py --config=configs/transfer_yosinski_resnet.py:runlocal \
-        --workdir=/tmp/runlocal/transfer_yosinski_resnet
+after configs/transfer_fmnist_resnet.py's grid and seeds.
 """
 
 import ml_collections
 
-from configs import default, transfer_fmnist_resnet, transfer_yosinski
+from configs import transfer_fmnist_resnet, transfer_yosinski
+
+SEEDS_WORKDIR = 'runs/transfer_fmnist_resnet'
+RUNLOCAL_SEEDS_WORKDIR = '/tmp/runlocal/transfer_fmnist_resnet'
+PACK = 1  # as configs/transfer_fmnist_resnet.py's.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  _, runlocal = default.parse_arg(arg, __file__)
-  return transfer_fmnist_resnet.use_resnet_source(
-      transfer_yosinski.get_config('runlocal' if runlocal else None), runlocal)
+  return transfer_fmnist_resnet.get_config(
+      'runlocal' if transfer_yosinski.transfer_fmnist.stage(arg, __file__)[1]
+      else None)
 
 
-get_sweep = transfer_yosinski.get_sweep
-member_name = transfer_yosinski.member_name
+def get_sweep(arg: str | None = None) -> list[dict]:
+  runlocal = transfer_yosinski.transfer_fmnist.stage(arg, __file__)[1]
+  r = transfer_fmnist_resnet
+  return transfer_yosinski.sweep_for(
+      arg, r.RUNLOCAL_SOURCE_WORKDIR if runlocal else r.SOURCE_WORKDIR,
+      r.RUNLOCAL_GRID_WORKDIR if runlocal else r.GRID_WORKDIR,
+      RUNLOCAL_SEEDS_WORKDIR if runlocal else SEEDS_WORKDIR, __file__)
+
+
+def member_name(overrides: dict) -> str:
+  return transfer_yosinski.transfer_protocol.yosinski_name(
+      overrides, (transfer_fmnist_resnet.SOURCE_WORKDIR,
+                  transfer_fmnist_resnet.RUNLOCAL_SOURCE_WORKDIR))

@@ -41,6 +41,7 @@ from absl import logging
 import input_pipeline
 from cnn import plotting
 from cnn.common import errors
+from cnn.experiments import sweep
 from cnn.kernels import forms
 from cnn.training import checkpoint, train
 from cnn.visualize import common
@@ -49,7 +50,7 @@ from input_pipeline.sources import class_subset
 
 METHODS = ('ridge', 'logistic', 'svm')
 COLUMNS = ('layer', 'shots', 'seed', 'method', 'l2_reg', 'train_accuracy',
-           'validation_accuracy', 'test_accuracy', 'dim')
+           'validation_accuracy', 'test_accuracy', 'dim', 'git_commit')
 
 
 # ----------------------------------------------------------------- the probes
@@ -369,6 +370,7 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
         f'({np.bincount(train_labels).min()} training examples, validation '
         'held out); pass smaller --probe_shots (or 0 = all).')
   l2_reg = DEFAULT_L2[method] if l2_reg is None else l2_reg
+  commit = sweep.git_state()[0] or ''
   rows = []
   for layer in layers:
     x, test = train_feats[layer], (test_feats[layer], test_labels)
@@ -384,7 +386,7 @@ def probe_workdir(config: ml_collections.ConfigDict, workdir: str, *,
         scores = dict(l2_reg=l2_reg, train_accuracy=train_acc,
                       validation_accuracy='', test_accuracy=test_acc)
       rows.append(dict(layer=layer, shots=s, seed=int(seed), method=method,
-                       dim=int(x.shape[1]), **scores))
+                       dim=int(x.shape[1]), git_commit=commit, **scores))
   return rows
 
 
@@ -452,7 +454,7 @@ def write_probe_results(rows: Sequence[dict[str, Any]], out_dir: str
   writer = csv.DictWriter(text, fieldnames=COLUMNS)
   writer.writeheader()
   for r in rows:
-    writer.writerow({k: r[k] for k in COLUMNS})
+    writer.writerow({k: r.get(k, '') for k in COLUMNS})
   _replace_atomically(csv_path, lambda f: f.write(text.getvalue().encode()))
   probe_figure(rows, png_path)
   return csv_path, png_path

@@ -35,7 +35,7 @@ from absl import logging
 
 from cnn import plotting
 from cnn.common import errors
-from cnn.experiments import sweep_results, weight_sharing
+from cnn.experiments import sweep, sweep_results, weight_sharing
 
 LEARNING_RATE = 'optimizer.learning_rate'
 WEIGHT_DECAY = 'optimizer.weight_decay'
@@ -251,17 +251,23 @@ def seed_members(p: Protocol, grid_rows: Sequence[dict[str, Any]],
   return out
 
 
+def read_grid(grid_workdir: str) -> list[dict[str, Any]]:
+  """The results rows of the grid's workdir; a `UserError` saying to run
+  the grid when it does not exist."""
+  if not os.path.exists(os.path.join(grid_workdir, 'sweep.json')):
+    raise errors.UserError(
+        'This sweep reads the choices of the transfer protocol\'s grid in '
+        f'{grid_workdir}, which does not exist: run the grid first '
+        '(--config=<its config>:grid --workdir=that directory).')
+  return sweep_results.collect(grid_workdir)
+
+
 def protocol_sweep(p: Protocol, *, grid: bool, runlocal: bool,
                    grid_workdir: str) -> list[dict]:
   """A config's `get_sweep`: the grid, or the seeds chosen from it."""
   if grid:
     return grid_members(p, runlocal)
-  if not os.path.exists(os.path.join(grid_workdir, 'sweep.json')):
-    raise errors.UserError(
-        f'The seeds of the transfer protocol are chosen on the grid in '
-        f'{grid_workdir}, which does not exist: run the grid first '
-        '(--config=FILE:grid, --workdir= that directory).')
-  members = seed_members(p, sweep_results.collect(grid_workdir), runlocal)
+  members = seed_members(p, read_grid(grid_workdir), runlocal)
   if not members:
     raise errors.UserError(
         f'No cell of the grid in {grid_workdir} has finished: let it run '
@@ -373,10 +379,11 @@ def paired_differences(rows: Sequence[dict[str, Any]],
 
 
 def _cell_text(values: Sequence[float]) -> str:
+  """'mean ± std (n)' (std with ddof=1; 0 for one value)."""
   if not values:
     return ''
-  return (f'{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}'
-          f' ({len(values)})')
+  std = np.std(values, ddof=1) if len(values) > 1 else 0.0
+  return f'{np.mean(values):.1f} ± {std:.1f} ({len(values)})'
 
 
 def guidance_table(p: Protocol, rows: Sequence[dict[str, Any]],
@@ -429,3 +436,230 @@ def choices_table(p: Protocol, rows: Sequence[dict[str, Any]]) -> str:
       if any(cells):
         lines.append(f'| {target} | {regime} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+# -------------------------------------------- Yosinski et al.: copy n groups
+
+def _finished_member(workdir: str, overrides: dict[str, Any]) -> str | None:
+  """The directory of a completed protocol member, or None."""
+  path = os.path.join(workdir, member_name(overrides))
+  result = sweep.read_result(path) or {}
+  return path if result.get('status') == 'completed' else None
+
+
+def yosinski_members(p: Protocol, grid_rows: Sequence[dict[str, Any]], *,
+                     source_workdir: str, grid_workdir: str,
+                     seeds_workdir: str, column: int,
+                     copies: Sequence[int], seeds: Sequence[int],
+                     runlocal: bool = False) -> list[dict]:
+  """Yosinski et al. (2014)'s four transfers onto each target at `column`.
+
+  The first n parameter groups (n in `copies`) come from network A (the
+  source, `source_workdir`) or B (the `scratch` member of the same target,
+  examples and seed: a network trained on the target's own examples, read
+  from the protocol's workdirs), and are frozen (AnB, BnB: `freeze<n>`) or
+  fine-tuned with the rest (AnB+, BnB+: `full`); the groups after them
+  start afresh (`transfer.copy_groups` = n). Hyper-parameters: the
+  protocol's choice for the same target, column and regime (`choices`).
+  Members whose B network has not finished are left out (logged).
+  """
+  chosen = choices(p, grid_rows, runlocal)
+  out, waiting = [], set()
+  for target in p.targets:
+    for n in copies:
+      for finetuned in (False, True):
+        regime = 'full' if finetuned else f'freeze{n}'
+        choice = chosen.get((target, column, regime))
+        base = chosen.get((target, column, 'scratch'))
+        if choice is None or base is None:
+          waiting.add(f'{target}/{regime}')
+          continue
+        for seed in seeds:
+          m = member(p, target, column, regime, choice.learning_rate,
+                     choice.weight_decay, seed, runlocal)
+          m['transfer.copy_groups'] = n
+          out.append(dict(m, init_from=source_workdir))
+          b = member(p, target, column, 'scratch', base.learning_rate,
+                     base.weight_decay, seed, runlocal)
+          b_dir = _finished_member(
+              grid_workdir if seed == p.seeds[column][0] else seeds_workdir,
+              b)
+          if b_dir is None:
+            waiting.add(f'B of {member_name(b)}')
+            continue
+          out.append(dict(m, init_from=b_dir))
+  if waiting:
+    logging.warning('Left out until the protocol has finished them: %s.',
+                    ', '.join(sorted(waiting)[:6]))
+  return out
+
+
+def yosinski_name(overrides: dict[str, Any],
+                  source_workdirs: Sequence[str]) -> str:
+  """'fmnist59-A2B-seed0' (frozen), 'fmnist59-B2Bplus-seed1' (fine-tuned);
+  A when `init_from` is one of `source_workdirs`."""
+  target = target_name(overrides['input.dataset'], overrides['input.classes'])
+  network = 'A' if overrides['init_from'] in source_workdirs else 'B'
+  plus = 'plus' if overrides['transfer.regime'] == 'full' else ''
+  return (f"{target}-{network}{overrides['transfer.copy_groups']}B{plus}-"
+          f"seed{overrides['seed']}")
+
+
+# ------------------------------------------------------------------ figures
+
+REGIME_STYLE = {  # label, line style: scratch dashed, frozen-more lighter.
+    'scratch': ('from scratch', '--'),
+    'full': ('fine-tune all (full)', '-'),
+    'freeze1': ('first group frozen', '-'),
+    'freeze2': ('first 2 groups frozen', '-'),
+    'freeze3': ('first 3 groups frozen', '-'),
+    LINEAR: ('linear on frozen features (L-BFGS)', ':'),
+}
+TARGET_LABELS = {'fmnist59': 'similar target: Fashion-MNIST 5–9',
+                 'digits': 'different target: digits'}
+
+
+@plotting.styled
+def guidance_figure(p: Protocol, rows: Sequence[dict[str, Any]],
+                    path: str | None = None, *, source: str = ''):
+  """Top: test accuracy vs examples per class, a line per regime, a panel
+  per target (mean over seeds, 95 % t-interval). Bottom: each regime's
+  paired difference to scratch (same seeds, same examples), 95 %
+  interval. PNG + PDF + JSON (`cnn.plotting.save`)."""
+  cells = _by_cell(rows)
+  diffs = paired_differences(rows)
+  regimes = [r for r in REGIME_STYLE if any(k[2] == r for k in cells)]
+  fig, axes = plotting.figure(2, len(p.targets), height=7.2, squeeze=False,
+                              sharex=True)
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'test accuracy % / points', 'panels': {}}
+  ns, handles = [], {}
+  for col, target in enumerate(p.targets):
+    top, bottom = axes[0][col], axes[1][col]
+    panel = data['panels'].setdefault(target, {'accuracy': {},
+                                               'vs_scratch': {}})
+    for i, regime in enumerate(regimes):
+      label, ls = REGIME_STYLE[regime]
+      color = plotting.PALETTE[i % len(plotting.PALETTE)]
+      points = [(s, plotting.interval95(list(cells[target, s, regime]
+                                             .values())),
+                 len(cells[target, s, regime]))
+                for s in p.shots if (target, s, regime) in cells]
+      if not points:
+        continue
+      ns += [n for *_, n in points]
+      handles[regime] = top.errorbar(
+          [s for s, *_ in points], [m for _, (m, _), _ in points],
+          yerr=[h for _, (_, h), _ in points], marker='o', capsize=3,
+          ls=ls, color=color, label=label)
+      panel['accuracy'][regime] = {str(s): dict(mean=m, half95=h, n=n)
+                                   for s, (m, h), n in points}
+      d = [(s, diffs[target, s, regime]) for s in p.shots
+           if (target, s, regime) in diffs]
+      if d:
+        bottom.errorbar([s * (1 + 0.04 * (i - 2)) for s, _ in d],
+                        [v['difference'] for _, v in d],
+                        yerr=[v['half95'] for _, v in d], marker='o',
+                        capsize=3, ls=ls, color=color)
+        panel['vs_scratch'][regime] = {str(s): v for s, v in d}
+    bottom.axhline(0, color='0.5', lw=0.8)
+    for ax in (top, bottom):
+      ax.set_xscale('log')
+      ax.set_xticks(list(p.shots), [str(s) for s in p.shots])
+      ax.minorticks_off()
+    top.set(title=TARGET_LABELS.get(target, target),
+            ylabel='test accuracy (%)')
+    bottom.set(xlabel='training examples per class (digits "1000": all '
+                      '≈115)' if target == 'digits' else
+               'training examples per class',
+               ylabel='minus scratch, same seeds (points)')
+  fig.suptitle(f'Transfer from {source or "the source"}: every regime tuned '
+               'on validation' if source else
+               'Transfer: every regime tuned on validation')
+  if handles:
+    fig.legend(handles=list(handles.values()), loc='outside lower center',
+               ncols=3, title='mean ± 95 % interval, n = '
+               f'{min(ns)}–{max(ns)} seeds' if min(ns) != max(ns) else
+               f'mean ± 95 % interval, n = {ns[0]} seeds')
+  return plotting.save(fig, path, data)
+
+
+YOSINSKI_LINES = (('AnB', 'A', False, '--'), ('AnB+', 'A', True, '-'),
+                  ('BnB', 'B', False, '--'), ('BnB+', 'B', True, '-'))
+
+
+def yosinski_rows(p: Protocol, rows: Sequence[dict[str, Any]],
+                  source_workdirs: Sequence[str],
+                  protocol: Sequence[dict[str, Any]], column: int
+                  ) -> dict[tuple[str, str, int], dict[int, float]]:
+  """{(target, 'AnB' | 'AnB+' | 'BnB' | 'BnB+', n): {seed: test accuracy
+  %}}: the Yosinski sweep's rows, n = 0 (scratch: every line) and n = 4
+  frozen from A (the protocol's `linear` regime) from `protocol`."""
+  out: dict[tuple, dict[int, float]] = {}
+  for row in _with_cells(p, rows):
+    if row['status'] != 'completed' or row['final_test_error'] == '':
+      continue
+    network = 'A' if row['init_from'] in source_workdirs else 'B'
+    plus = '+' if row['transfer.regime'] == 'full' else ''
+    out.setdefault((row['target'], f'{network}nB{plus}',
+                    int(row['transfer.copy_groups'])), {})[
+                        int(row['seed'])] = 100 * (
+                            1 - float(row['final_test_error']))
+  seeds = {s for v in out.values() for s in v}
+  for r in protocol:
+    if r['shots'] != p.shots[column] or r['seed'] not in seeds:
+      continue
+    if r['regime'] == 'scratch':
+      for line, *_ in YOSINSKI_LINES:
+        out.setdefault((r['target'], line, 0), {})[r['seed']] = (
+            100 * r['test_accuracy'])
+    elif r['regime'] == LINEAR:
+      out.setdefault((r['target'], 'AnB', 4), {})[r['seed']] = (
+          100 * r['test_accuracy'])
+  return out
+
+
+@plotting.styled
+def yosinski_figure(p: Protocol, values: dict[tuple[str, str, int],
+                                               dict[int, float]],
+                    path: str | None = None, *, source: str = '',
+                    shots: int = 100):
+  """Yosinski et al. (2014) Fig. 2, a panel per target: test accuracy vs
+  the number of groups n copied from A (the source) or B (a network of the
+  target's own examples), frozen or fine-tuned; mean over seeds with the
+  95 % t-interval."""
+  targets = [t for t in p.targets if any(k[0] == t for k in values)]
+  fig, axes = plotting.figure(1, max(1, len(targets)), height=4.6,
+                              squeeze=False)
+  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
+                          'unit': 'test accuracy %', 'panels': {}}
+  ns, handles = [], {}
+  for ax, target in zip(axes[0], targets or [None], strict=True):
+    for i, (line, _, _, ls) in enumerate(YOSINSKI_LINES):
+      points = sorted((n, plotting.interval95(list(v.values())), len(v))
+                      for (t, name, n), v in values.items()
+                      if t == target and name == line)
+      if not points:
+        continue
+      ns += [k for *_, k in points]
+      handles[line] = ax.errorbar(
+          [n + 0.05 * (i - 1.5) for n, *_ in points],
+          [m for _, (m, _), _ in points], yerr=[h for _, (_, h), _ in points],
+          marker='os^D'[i], capsize=3, ls=ls,
+          color=plotting.PALETTE[i], label=line)
+      data['panels'].setdefault(str(target), {})[line] = {
+          str(n): dict(mean=m, half95=h, n=k) for n, (m, h), k in points}
+    ax.set_xticks(range(5))
+    ax.set(title=TARGET_LABELS.get(target, str(target)),
+           xlabel='parameter groups copied, n (0 = scratch)',
+           ylabel=f'test accuracy (%), {shots} examples per class')
+  fig.suptitle(f'{source or "Source"}: copy the first n groups from A '
+               '(source task) or B (the target itself), frozen or '
+               'fine-tuned (+)')
+  if handles:
+    lo, hi = min(ns), max(ns)
+    fig.legend(handles=list(handles.values()), loc='outside lower center',
+               ncols=4, title=f'mean ± 95 % interval, n = '
+               f'{lo}–{hi} seeds' if lo != hi else
+               f'mean ± 95 % interval, n = {lo} seeds')
+  return plotting.save(fig, path, data)
