@@ -50,8 +50,15 @@ The protocol (Kornblith, Shlens & Le 2019, scaled to 2 CPU cores):
     (same seed, same examples).
 `:runlocal` (with or without `grid`) shrinks every member (`default.shrink`,
 32 steps) and keeps seed 0 (the grid) or 1 (seeds), both targets, 10 shots
-and the 0.01 rate: the smoke test of the whole protocol, from
-RUNLOCAL_SOURCE_WORKDIR.
+and the first rate and weight decay: the smoke test of the whole protocol
+(about five minutes on 2 CPU cores), from RUNLOCAL_SOURCE_WORKDIR:
+
+    python main.py --config=configs/transfer_source.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_source_lenet5
+    python main.py --config=configs/transfer_fmnist.py:grid,runlocal \
+        --workdir=/tmp/runlocal/transfer_fmnist_grid
+    python main.py --config=configs/transfer_fmnist.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_fmnist
 
 On an accelerator: the same protocol at full size is this file with
 LEARNING_RATES = (0.1, 0.01, 0.001), STEPS x 2 and `--pack=3`.
@@ -96,6 +103,8 @@ PROTOCOL = transfer_protocol.Protocol(
 # packed program's compilation outweighs 300 short steps (FINDINGS "Sixth
 # pass"). On an accelerator try --pack=3.
 PACK = 1
+# `get_sweep()` reads the grid's runs: the first stage is `:grid`.
+FIRST_STAGE = 'grid'
 
 
 def stage(arg: str | None, config_file: str = __file__) -> tuple[bool, bool]:

@@ -21,6 +21,8 @@ RUNLOCAL_SOURCE_WORKDIR):
         --workdir=/tmp/runlocal/transfer_source_resnet20
     python main.py --config=configs/transfer_fmnist_resnet.py:grid,runlocal \
         --workdir=/tmp/runlocal/transfer_fmnist_resnet_grid
+    python main.py --config=configs/transfer_fmnist_resnet.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_fmnist_resnet
 """
 
 import ml_collections
@@ -38,6 +40,7 @@ PROTOCOL = transfer_fmnist.PROTOCOL
 # hour of lone ones on 2 CPU cores (FINDINGS "Sixth pass"); on an
 # accelerator try --pack=3.
 PACK = 1
+FIRST_STAGE = 'grid'  # as configs/transfer_fmnist.py's.
 
 
 def use_resnet_source(config: ml_collections.ConfigDict,

@@ -21,8 +21,11 @@ decay the protocol chose on validation for that target and regime
 both). BnB against B itself measures co-adaptation (fragile features
 split apart), AnB against BnB the specificity of A's features to A's task.
 The analysis: `cnn.experiments.transfer_protocol.yosinski_figure`.
-`:runlocal`: n = 1 on 10 examples per class, from the `:runlocal`
-protocol's workdirs (seeds 0 and 1), shrunk.
+`:runlocal`: n = 1 on 10 examples per class, shrunk, after the `:runlocal`
+protocol of configs/transfer_fmnist.py's docstring (seeds 0 and 1):
+
+    python main.py --config=configs/transfer_yosinski.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_yosinski
 """
 
 import ml_collections
@@ -36,6 +39,8 @@ SEEDS = (0, 1, 2)
 SEEDS_WORKDIR = 'runs/transfer_fmnist'
 RUNLOCAL_SEEDS_WORKDIR = '/tmp/runlocal/transfer_fmnist'
 PACK = 1  # as configs/transfer_fmnist.py's.
+# `get_sweep()` lists its members from the protocol's runs.
+READS_RUNS = True
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -5,7 +5,11 @@ stage1, stage2, stage3.
     python main.py --config=configs/transfer_yosinski_resnet.py \
         --workdir=runs/transfer_yosinski_resnet
 
-after configs/transfer_fmnist_resnet.py's grid and seeds.
+after configs/transfer_fmnist_resnet.py's grid and seeds. The smoke test,
+after that file's `:runlocal` commands:
+
+    python main.py --config=configs/transfer_yosinski_resnet.py:runlocal \
+        --workdir=/tmp/runlocal/transfer_yosinski_resnet
 """
 
 import ml_collections
@@ -15,6 +19,7 @@ from configs import transfer_fmnist_resnet, transfer_yosinski
 SEEDS_WORKDIR = 'runs/transfer_fmnist_resnet'
 RUNLOCAL_SEEDS_WORKDIR = '/tmp/runlocal/transfer_fmnist_resnet'
 PACK = 1  # as configs/transfer_fmnist_resnet.py's.
+READS_RUNS = True  # as configs/transfer_yosinski.py's.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -3,39 +3,49 @@
     python scripts/export_transfer.py [--runs=runs] [--results=results]
     python scripts/export_transfer.py --redraw   # figures from results/ alone
 
-For each sweep of the experiment found under RUNS (configs/transfer_fmnist,
-transfer_fmnist_resnet, transfer_yosinski, transfer_yosinski_resnet): its
-small files into RESULTS/<name>/ (`cnn.experiments.analysis.export`,
-replacing an older export), its figure, and its table on stdout. The
-probes of the source networks (runs/transfer_probes/<network>-<data>/,
-written by `main.py --mode=probe --probe_out=...`) are copied to
-RESULTS/transfer_probes/ with one comparison figure per network.
-`--redraw` exports nothing: it redraws every figure (and each probe run's
-probe.png) and prints the tables from the exports already in RESULTS (the
-committed ones need no runs/). Figures follow `cnn.plotting` (PNG + PDF +
-JSON of the numbers drawn).
+For each source network (configs/transfer_fmnist.py: LeNet-5,
+transfer_fmnist_resnet.py: ResNet-20), the protocol's three parts found
+under RUNS — the grid (RUNS/<name>_grid), the seeds (RUNS/<name>) and the
+linear regime (RUNS/transfer_linear/<network>-<target>/probe.csv) — go to
+RESULTS/<name>/{grid,seeds,linear}/ (small files only), with
+`protocol.csv` (one row per cell, seed and setting: target, examples per
+class, regime, chosen hyper-parameters, validation and test accuracy,
+commit; `cnn.experiments.transfer_protocol.protocol_rows`), `tables.md`
+(the guidance table with paired differences to scratch, and the choices)
+and `guidance.png`. The Yosinski sweeps (RUNS/transfer_yosinski,
+transfer_yosinski_resnet) go to RESULTS/<name>/ with `yosinski.png`; the
+probes of the source networks (RUNS/transfer_probes/<network>-<data>/,
+`main.py --mode=probe --probe_out=...`) to RESULTS/transfer_probes/ with one
+comparison figure per network. `--redraw` exports nothing: it redraws every
+figure and table from the exports already in RESULTS. Figures follow
+`cnn.plotting` (PNG + PDF + JSON of the numbers drawn).
 """
 
 import argparse
+import importlib
 import os
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cnn import plotting  # noqa: E402  pylint: disable=g-import-not-at-top
-from cnn.experiments import analysis, probe  # noqa: E402  pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from cnn import plotting  # noqa: E402
+from cnn.experiments import analysis, probe, sweep_results  # noqa: E402
+from cnn.experiments import transfer_protocol as tp  # noqa: E402
+from configs import transfer_yosinski  # noqa: E402
 
-GUIDANCE = ('transfer_fmnist', 'transfer_fmnist_resnet')
-YOSINSKI = ('transfer_yosinski', 'transfer_yosinski_resnet')
+# network -> (the protocol's config module, its Yosinski config module).
+NETWORKS = {'lenet5': ('transfer_fmnist', 'transfer_yosinski'),
+            'resnet20': ('transfer_fmnist_resnet', 'transfer_yosinski_resnet')}
+LINEAR = 'transfer_linear'
 PROBES = 'transfer_probes'
 PROBE_SHOTS = 100
 
 
-def _export(runs: str, results: str, name: str, redraw: bool):
-  """(study, its results directory), exported from RUNS first unless
-  `redraw`; None where there is nothing to read."""
-  src, dest = os.path.join(runs, name), os.path.join(results, name)
+def _export_sweep(src: str, dest: str, redraw: bool) -> list[dict] | None:
+  """The results rows of sweep `src`, exported to `dest` first unless
+  `redraw` (then read from `dest`); None where there is nothing."""
   if not redraw:
     if not os.path.exists(os.path.join(src, 'sweep.json')):
       return None
@@ -44,7 +54,79 @@ def _export(runs: str, results: str, name: str, redraw: bool):
     analysis.export(src, dest)
   elif not os.path.exists(os.path.join(dest, 'sweep.json')):
     return None
-  return analysis.load(dest), dest
+  return sweep_results.collect(dest)
+
+
+def _linear_rows(runs: str, dest: str, network: str, targets, redraw: bool
+                 ) -> list[dict]:
+  """The `linear` regime's probe rows of each target (logistic on
+  pre_logits), copied to DEST/linear/<target>/probe.csv unless `redraw`."""
+  rows = []
+  for target in targets:
+    out = os.path.join(dest, 'linear', target)
+    if not redraw:
+      src = os.path.join(runs, LINEAR, f'{network}-{target}', 'probe.csv')
+      if not os.path.exists(src):
+        continue
+      os.makedirs(out, exist_ok=True)
+      shutil.copy2(src, os.path.join(out, 'probe.csv'))
+    if os.path.exists(os.path.join(out, 'probe.csv')):
+      rows += [dict(r, target=target) for r in analysis.read_probes(out)
+               if r['layer'] == 'pre_logits' and r['method'] == 'logistic']
+  return rows
+
+
+def _protocol(runs: str, results: str, network: str, redraw: bool
+              ) -> list[dict] | None:
+  """Exports one network's protocol; returns its rows."""
+  name, _ = NETWORKS[network]
+  config = importlib.import_module(f'configs.{name}')
+  p, dest = config.PROTOCOL, os.path.join(results, name)
+  grid = _export_sweep(os.path.join(runs, f'{name}_grid'),
+                       os.path.join(dest, 'grid'), redraw)
+  if grid is None:
+    return None
+  seeds = _export_sweep(os.path.join(runs, name), os.path.join(dest, 'seeds'),
+                        redraw) or []
+  linear = _linear_rows(runs, dest, network, p.targets, redraw)
+  rows = tp.protocol_rows(p, grid, seeds, linear)
+  tp.write_rows(rows, os.path.join(dest, 'protocol.csv'))
+  source = analysis.model_label(network)
+  tables = (f'## {source}: test accuracy %, mean ± std (seeds) '
+            '[paired difference to scratch ± 95 % half-width]\n\n'
+            + tp.guidance_table(p, rows, list(tp.REGIME_STYLE) +
+                                ['full@0.01', 'full@0.001'])
+            + '\n\n## Chosen on validation (seed 0): learning rate / weight '
+            'decay, or the logistic L2\n\n' + tp.choices_table(p, rows) + '\n')
+  with open(os.path.join(dest, 'tables.md'), 'w') as f:
+    f.write(tables)
+  print(tables)
+  tp.guidance_figure(p, [r for r in rows if '@' not in r['regime']],
+                     os.path.join(dest, 'guidance.png'),
+                     source=f'a {source} trained on Fashion-MNIST 0–4')
+  return rows
+
+
+def _yosinski(runs: str, results: str, network: str, protocol_rows,
+              redraw: bool) -> None:
+  protocol_name, name = NETWORKS[network]
+  protocol_config = importlib.import_module(f'configs.{protocol_name}')
+  dest = os.path.join(results, name)
+  rows = _export_sweep(os.path.join(runs, name), dest, redraw)
+  if rows is None:
+    return
+  p = protocol_config.PROTOCOL
+  sources = (protocol_config.SOURCE_WORKDIR,
+             protocol_config.RUNLOCAL_SOURCE_WORKDIR)
+  values = tp.yosinski_rows(p, rows, sources, protocol_rows or [],
+                            transfer_yosinski.COLUMN)
+  tp.yosinski_figure(p, values, os.path.join(dest, 'yosinski.png'),
+                     source=analysis.model_label(network))
+  print(f'## {name}: test accuracy %, mean ± std (seeds)\n')
+  for key in sorted(values):
+    v = list(values[key].values())
+    print(f'{key}: {tp._cell_text(v)}')  # pylint: disable=protected-access
+  print()
 
 
 def _probes(runs: str, results: str, redraw: bool) -> None:
@@ -53,24 +135,20 @@ def _probes(runs: str, results: str, redraw: bool) -> None:
     return
   probes = {}
   for run in sorted(os.listdir(dest if redraw else src)):
-    if redraw:
-      if not os.path.exists(os.path.join(dest, run, 'probe.csv')):
-        continue
-      network, data = run.split('-', 1)
-      probe.probe_figure(
-          analysis.read_probes(os.path.join(dest, run)),
-          os.path.join(dest, run, 'probe.png'),
-          title=f'{analysis.model_label(network)}, '
-          f'{analysis.PROBE_DATA_LABELS.get(data, data)}')
-    else:
-      if not os.path.exists(os.path.join(src, run, 'probe.csv')):
-        continue
-      os.makedirs(os.path.join(dest, run), exist_ok=True)
-      for f in ('probe.csv', 'probe.png'):
-        shutil.copy2(os.path.join(src, run, f), os.path.join(dest, run, f))
+    where = os.path.join(dest if redraw else src, run)
+    if not os.path.exists(os.path.join(where, 'probe.csv')):
+      continue
+    os.makedirs(os.path.join(dest, run), exist_ok=True)
+    if not redraw:
+      shutil.copy2(os.path.join(where, 'probe.csv'),
+                   os.path.join(dest, run, 'probe.csv'))
     network, data = run.split('-', 1)
-    probes.setdefault(network, {})[data] = analysis.read_probes(
-        os.path.join(dest, run))
+    rows = analysis.read_probes(os.path.join(dest, run))
+    probe.probe_figure(
+        rows, os.path.join(dest, run, 'probe.png'),
+        title=f'{analysis.model_label(network)}, '
+        f'{analysis.PROBE_DATA_LABELS.get(data, data)}')
+    probes.setdefault(network, {})[data] = rows
   for network, by_data in probes.items():
     analysis.probe_curves(by_data, PROBE_SHOTS,
                           os.path.join(dest, f'{network}_probes.png'),
@@ -87,20 +165,9 @@ def main() -> None:
                       help='redraw the figures of the exports in --results; '
                            'export nothing')
   args = parser.parse_args()
-  for name in GUIDANCE:
-    if (done := _export(args.runs, args.results, name, args.redraw)):
-      study, dest = done
-      analysis.transfer_curves(study, os.path.join(dest, 'transfer_curves.png'))
-      print(f'## {name} ({len(study.rows)} members)\n')
-      print(analysis.pivot_table(study, ['input.dataset', 'transfer.regime'],
-                                 'input.per_class') + '\n')
-  for name in YOSINSKI:
-    if (done := _export(args.runs, args.results, name, args.redraw)):
-      study, dest = done
-      analysis.yosinski_curve(study, os.path.join(dest, 'yosinski.png'))
-      print(f'## {name} ({len(study.rows)} members)\n')
-      print(analysis.pivot_table(study, ['transfer.regime'],
-                                 'transfer.copy_groups') + '\n')
+  for network in NETWORKS:
+    rows = _protocol(args.runs, args.results, network, args.redraw)
+    _yosinski(args.runs, args.results, network, rows, args.redraw)
   _probes(args.runs, args.results, args.redraw)
 
 

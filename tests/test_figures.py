@@ -12,7 +12,8 @@ import pytest
 from matplotlib import image as mpl_image
 
 from cnn import plotting
-from cnn.experiments import analysis, probe
+from cnn.experiments import analysis, probe, transfer_protocol
+from configs import transfer_fmnist
 
 SEEDS = (0, 1, 2)
 
@@ -75,34 +76,25 @@ def kernel_study() -> analysis.Study:
   return _study(members, groups, rows)
 
 
-def transfer_study() -> analysis.Study:
-  members, rows = {}, {}
-  for data, classes in (('fashion_mnist', [5, 6, 7, 8, 9]), ('digits', [])):
-    for shots in (10, 100, 1000):
-      for j, regime in enumerate(('scratch', 'feature_extraction',
-                                  'fine_tune', 'full')):
-        for seed in SEEDS:
-          name = f'{data}-{shots}-{regime}-seed{seed}'
-          members[name] = (name[:-6], {
-              'seed': seed, 'input.dataset': data, 'input.classes': classes,
-              'input.per_class': shots, 'transfer.regime': regime})
-          rows[name] = dict(final_test_error=0.3 / math.log10(10 * shots)
-                            + 0.02 * j + 0.01 * seed)
-  return _study(members, [], rows)
+def protocol_rows() -> list[dict]:
+  """`transfer_protocol.protocol_rows`-like rows: two targets, three sizes,
+  every regime, three seeds."""
+  return [dict(target=target, shots=shots, regime=regime, seed=seed,
+               status='completed',
+               test_accuracy=0.95 - 0.3 / math.log10(10 * shots) - 0.02 * j
+               - 0.01 * seed)
+          for target in ('fmnist59', 'digits') for shots in (10, 100, 1000)
+          for j, regime in enumerate(transfer_protocol.REGIME_STYLE)
+          for seed in SEEDS]
 
 
-def yosinski_study() -> analysis.Study:
-  members, rows = {}, {}
-  for n in range(5):
-    for regime in ('fine_tune', 'full') if n else ('fine_tune',):
-      for seed in SEEDS:
-        name = f'copy{n}-{regime}-seed{seed}'
-        members[name] = (name[:-6], {'seed': seed, 'transfer.regime': regime,
-                                     'transfer.copy_groups': n})
-        rows[name] = dict(final_test_error=0.07 + (0.02 * n if regime ==
-                                                   'fine_tune' else 0)
-                          + 0.005 * seed)
-  return _study(members, [], rows)
+def yosinski_values() -> dict:
+  return {(target, line, n): {seed: 90 - (2 * n if line.startswith('A') and
+                                          '+' not in line else 0) - seed
+                              for seed in SEEDS}
+          for target in ('fmnist59', 'digits')
+          for line, *_ in transfer_protocol.YOSINSKI_LINES
+          for n in range(4)}
 
 
 def probe_rows(offset: float = 0.0) -> list[dict]:
@@ -121,10 +113,11 @@ FIGURES = {
                        2),
     'accuracy_vs_params': (
         lambda p: analysis.accuracy_vs_params(kernel_study(), p), 2),
-    'transfer_curves': (
-        lambda p: analysis.transfer_curves(transfer_study(), p), 2),
-    'yosinski_curve': (lambda p: analysis.yosinski_curve(yosinski_study(), p),
-                       1),
+    'guidance_figure': (lambda p: transfer_protocol.guidance_figure(
+        transfer_fmnist.PROTOCOL, protocol_rows(), p, source='a LeNet-5'),
+                        4),
+    'yosinski_figure': (lambda p: transfer_protocol.yosinski_figure(
+        transfer_fmnist.PROTOCOL, yosinski_values(), p, source='LeNet-5'), 2),
     'probe_curves': (lambda p: analysis.probe_curves(
         {'fmnist04': probe_rows(0.1), 'fmnist59': probe_rows(),
          'digits': probe_rows(-0.1)}, 100, p, network='resnet20'), 1),

@@ -3,8 +3,10 @@ and are for looking: their figures come out as images."""
 
 from __future__ import annotations
 
+import filecmp
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +19,11 @@ from cnn import plotting
 from cnn.experiments import analysis, probe, sweep
 from tests.helpers import REPO, tiny_config
 
+# The transfer protocol's exports the analysis notebook draws (one figure
+# each), and the Yosinski exports with the protocol each reads.
+TRANSFER_EXPORTS = ('transfer_fmnist', 'transfer_fmnist_resnet')
+YOSINSKI_EXPORTS = {'transfer_yosinski': 'transfer_fmnist',
+                    'transfer_yosinski_resnet': 'transfer_fmnist_resnet'}
 # Figures the analysis notebook draws per committed lecture study.
 LECTURE_STUDY_FIGURES = {
     'weight_sharing_fmnist': 2, 'batchnorm_fmnist': 1, 'activations_fmnist': 1,
@@ -87,32 +94,37 @@ def tiny_probes(tiny_sweep, tmp_path_factory):
 
 
 def test_export_transfer_script_writes_results_and_tables(
-    tiny_sweep, tiny_probes, tmp_path):
-  workdir, _ = tiny_sweep
+    tiny_probes, tmp_path):
+  """Probes exported from runs/; the committed protocol exports redrawn
+  (tables and figures from results/ alone)."""
   runs, results = tmp_path / 'runs', tmp_path / 'results'
   runs.mkdir()
-  os.symlink(workdir, runs / 'transfer_fmnist')
   os.symlink(tiny_probes, runs / 'transfer_probes')
   done = subprocess.run(
       [sys.executable, os.path.join(REPO, 'scripts', 'export_transfer.py'),
        f'--runs={runs}', f'--results={results}'],
       capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert '## transfer_fmnist (2 members)' in done.stdout
   assert '| stage4 |' in done.stdout  # the probe comparison
-  assert (results / 'transfer_fmnist' / 'transfer_curves.png').stat().st_size
   assert (results / 'transfer_probes' / 'lenet5_probes.png').stat().st_size
   assert (results / 'transfer_probes' / 'lenet5_probes.json').stat().st_size
-  # --redraw: the figures again from the export alone (no runs needed).
-  (results / 'transfer_fmnist' / 'transfer_curves.png').unlink()
+  committed = [name for name in TRANSFER_EXPORTS if os.path.exists(
+      os.path.join(REPO, 'results', name, 'protocol.csv'))]
+  for name in committed:
+    shutil.copytree(os.path.join(REPO, 'results', name), results / name)
+    (results / name / 'guidance.png').unlink()
   redrawn = subprocess.run(
       [sys.executable, os.path.join(REPO, 'scripts', 'export_transfer.py'),
        '--runs=/nonexistent', f'--results={results}', '--redraw'],
       capture_output=True, text=True, timeout=300, check=False)
   assert redrawn.returncode == 0, redrawn.stderr[-3000:]
-  assert (results / 'transfer_fmnist' / 'transfer_curves.png').stat().st_size
   assert '| stage4 |' in redrawn.stdout
-  assert not (results / 'transfer_fmnist' / 'lenet5' / 'checkpoints').exists()
+  for name in committed:
+    assert (results / name / 'guidance.png').stat().st_size
+    assert filecmp.cmp(results / name / 'protocol.csv',
+                       os.path.join(REPO, 'results', name, 'protocol.csv'),
+                       shallow=False)
+    assert '| scratch |' in redrawn.stdout
 
 
 def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
@@ -120,17 +132,20 @@ def test_analysis_notebook_runs(tiny_sweep, tiny_probes):
   probes = tiny_probes
   done = _execute('analysis.ipynb', {'DEPTH_STUDY': str(export),
                                      'RECEPTIVE_FIELD_STUDY': str(export),
-                                     'TRANSFER_STUDIES': str(export),
-                                     'YOSINSKI_STUDIES': str(export),
                                      'PROBES': str(probes)})
-  # Depth curves, error vs depth, accuracy vs parameters, transfer curves,
-  # the Yosinski curve and the probe curves, each drawn once; then the 1x1
-  # conv = Dense check and the MobileNetV2 separable-cost bars; then each
-  # committed lecture study's figures (drawn from results/).
+  # Depth curves, error vs depth, accuracy vs parameters and the probe
+  # curves, each drawn once; the 1x1 conv = Dense check and the MobileNetV2
+  # separable-cost bars; then from results/: each committed transfer
+  # protocol's figure and Yosinski figure, and each lecture study's figures.
+  committed = lambda *names: os.path.exists(os.path.join(REPO, 'results',
+                                                          *names))
   lecture = sum(n for name, n in LECTURE_STUDY_FIGURES.items()
-                if os.path.exists(os.path.join(REPO, 'results', name,
-                                               'results.csv')))
-  assert _images(done) == 8 + lecture
+                if committed(name, 'results.csv'))
+  transfer = sum(committed(name, 'protocol.csv') for name in TRANSFER_EXPORTS)
+  yosinski = sum(committed(name, 'sweep.json') and committed(protocol,
+                                                             'protocol.csv')
+                 for name, protocol in YOSINSKI_EXPORTS.items())
+  assert _images(done) == 6 + transfer + yosinski + lecture
 
 
 def test_training_curves_notebook_runs(tiny_sweep):

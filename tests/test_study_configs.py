@@ -13,6 +13,7 @@ import re
 import pytest
 
 from cnn import summary
+from cnn.common import errors
 from cnn.experiments import sweep
 from cnn.training import metrics, optim
 from configs import (
@@ -127,7 +128,7 @@ def test_receptive_field_configs_sweep_the_four_forms():
 
 
 @pytest.mark.parametrize('file', CONFIG_FILES)
-def test_every_config_file_builds_its_runlocal(file):
+def test_every_config_file_builds_its_runlocal(file, monkeypatch, tmp_path):
   module = importlib.import_module(f'configs.{file[:-3]}')
   assert re.search(rf'--config=configs/{file}:(\w+,)?runlocal',
                    module.__doc__), 'the docstring shows the runlocal command'
@@ -149,9 +150,17 @@ def test_every_config_file_builds_its_runlocal(file):
     module.get_config(arg)
   if not hasattr(module, 'get_sweep'):
     return
+  if getattr(module, 'READS_RUNS', False):  # members made of other runs.
+    monkeypatch.chdir(tmp_path)  # where those runs are not.
+    with pytest.raises(errors.UserError, match='run the grid first'):
+      module.get_sweep()
+    return
+  stage = getattr(module, 'FIRST_STAGE', None)
   name_fn = getattr(module, 'member_name', sweep.member_name)
-  members = sweep.members_of(module.get_sweep('runlocal'), name_fn)
-  all_names = {m.name for m in sweep.members_of(module.get_sweep(), name_fn)}
+  members = sweep.members_of(
+      module.get_sweep(f'{stage},runlocal' if stage else 'runlocal'), name_fn)
+  all_names = {m.name for m in sweep.members_of(module.get_sweep(stage),
+                                                name_fn)}
   # A few of the full sweep's members, with the full sweep's names.
   assert 2 <= len(members) <= 16 and len(members) < len(all_names)
   assert {m.name for m in members} <= all_names

@@ -127,6 +127,30 @@ def test_fine_tune_trains_the_last_groups_at_the_lower_rate():
   assert labels['backbone']['stage1_conv']['kernel'] == 'frozen'
 
 
+def test_freeze_first_freezes_without_lowering_the_rate():
+  # The lectures' "fix the first layers, train the rest": freezing alone,
+  # every trained group at the configured rate (fine_tune also lowers it).
+  config = tiny_config(**{'transfer.regime': 'freeze_first',
+                          'transfer.freeze_groups': 1})
+  rules = regimes.regime_rules(config.transfer, ['stem', 'stage1', 'stage10'])
+  labels = regimes.param_labels(_toy_params(), rules)
+  assert labels['head']['bias'] == 'lr_x1'
+  assert labels['backbone']['stem_conv']['kernel'] == 'frozen'
+  assert labels['backbone']['stage1_conv']['kernel'] == 'lr_x1'
+  assert labels['backbone']['stage10_conv']['kernel'] == 'lr_x1'
+  for k in (0, 3):  # none frozen is `full`, all is `feature_extraction`.
+    config.transfer.freeze_groups = k
+    with pytest.raises(errors.UserError, match='choose 1..2'):
+      regimes.regime_rules(config.transfer, ['stem', 'stage1', 'stage10'])
+  # The default fine_tune is what the README's table says: the last two
+  # groups at 0.1x, the ones before them frozen.
+  default = tiny_config(**{'transfer.regime': 'fine_tune'})
+  labels = regimes.param_labels(_toy_params(), regimes.regime_rules(
+      default.transfer, ['stem', 'stage1', 'stage10']))
+  assert labels['backbone']['stem_conv']['kernel'] == 'frozen'
+  assert labels['backbone']['stage1_conv']['kernel'] == 'lr_x0.1'
+
+
 @pytest.mark.parametrize('source, groups', [
     (transfer_source, LENET_GROUPS),
     (transfer_source_resnet, ['stem', 'stage1', 'stage2', 'stage3'])])

@@ -11,8 +11,6 @@ export under `results/` (`export`: the plan, results and each member's
   table(study)                           Markdown, mean ± std over seeds
   accuracy_by(study, keys)               test accuracy per override value
   pivot_table(study, row, column)        Markdown, accuracy mean ± std
-  transfer_curves(study)                 accuracy vs examples per class
-  yosinski_curve(study)                  accuracy vs groups copied
   rows_table(study, columns)             Markdown, one line per member
   read_probes(dir)                       rows of a --mode=probe probe.csv
   probe_comparison(probes, shots)        Markdown, Zeiler & Fergus: layer x data
@@ -393,127 +391,9 @@ def pivot_table(study: Study, rows: Sequence[str], column: str,
   return '\n'.join(lines)
 
 
-DATASET_LABELS = {'fashion_mnist': 'Fashion-MNIST',
-                  'digits': 'digits (scikit-learn)',
-                  'mnist': 'MNIST', 'cifar10': 'CIFAR-10'}
-REGIME_LABELS = {'scratch': 'from scratch',
-                 'feature_extraction': 'feature extraction (frozen backbone)',
-                 'fine_tune': 'fine-tune the last groups',
-                 'full': 'fine-tune everything'}
-
-
-def _classes_text(classes) -> str:
-  classes = list(classes or ())
-  if len(classes) > 1 and classes == list(range(classes[0],
-                                                classes[-1] + 1)):
-    return f' classes {classes[0]}–{classes[-1]}'
-  return f" classes {', '.join(map(str, classes))}" if classes else ''
-
-
 def source_label(study: Study) -> str:
   names = {r['model_name'] for r in study.rows if r['model_name']}
   return ', '.join(sorted(model_label(n) for n in names))
-
-
-def _seed_accuracies(study: Study, keys: Sequence[str],
-                     metric: str = 'final_test_error'
-                     ) -> dict[tuple, list[float]]:
-  """Completed members by the values of their override `keys`: the test
-  accuracy (%) of each seed."""
-  out: dict[tuple, list[float]] = {}
-  for row in study.rows:
-    if row['status'] != 'completed' or row[metric] == '':
-      continue
-    overrides = study.overrides[row['member']]
-    key = tuple(_hashable(overrides.get(k)) for k in keys)
-    out.setdefault(key, []).append(100 * (1 - float(row[metric])))
-  return out
-
-
-@plotting.styled
-def transfer_curves(study: Study, path: str | None = None,
-                    panel: str = 'input.dataset',
-                    x: str = 'input.per_class', line: str = 'transfer.regime'):
-  """Test accuracy vs training examples per class, one line per regime and
-  one panel per target data set; mean over seeds with the 95 % t-interval
-  as error bars."""
-  values = {k: v for k, v in _seed_accuracies(study, [panel, line, x]).items()
-            if k[2] is not None}  # members that set `x`.
-  panels = list(dict.fromkeys(k[0] for k in values)) or [None]
-  lines = list(dict.fromkeys(k[1] for k in values))
-  fig, axes = plotting.figure(1, max(1, len(panels)), height=4.4,
-                              squeeze=False)
-  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
-                          'unit': 'test accuracy %', 'x': x, 'panels': {}}
-  ns, handles = [], {}
-  for ax, p in zip(axes[0], panels, strict=True):
-    classes = next((o.get('input.classes') for o in study.overrides.values()
-                    if o.get(panel) == p), None)
-    title = (f'target: {DATASET_LABELS.get(p, p)}{_classes_text(classes)}'
-             if values else f'no member sets {x}')
-    for i, name in enumerate(lines):
-      points = sorted(((k[2], _interval(v)) for k, v in values.items()
-                       if k[0] == p and k[1] == name), key=lambda t: t[0])
-      if not points:
-        continue
-      ns += [q['n'] for _, q in points]
-      handles[name] = ax.errorbar(
-          [q for q, _ in points], [v['mean'] for _, v in points],
-          yerr=[v['half95'] for _, v in points], marker='o', capsize=4,
-          color=plotting.PALETTE[i % len(plotting.PALETTE)],
-          ls='--' if name == 'scratch' else '-',
-          label=REGIME_LABELS.get(name, str(name)))
-      data['panels'].setdefault(title, {})[str(name)] = {
-          str(q): v for q, v in points}
-    shots = sorted({k[2] for k in values if k[0] == p})
-    ax.set_xscale('log')
-    ax.set_xticks(shots, [str(q) for q in shots])
-    ax.minorticks_off()
-    ax.set(title=title, ylabel='test accuracy (%)',
-           xlabel='training examples per class' if x == 'input.per_class'
-           else x)
-  fig.suptitle(f'Transfer from a pretrained {source_label(study)} vs '
-               'training from scratch')
-  if handles:
-    fig.legend(handles=list(handles.values()), loc='outside lower center',
-               ncols=min(2, len(handles)), title=interval_text(ns))
-  return plotting.save(fig, path, data)
-
-
-@plotting.styled
-def yosinski_curve(study: Study, path: str | None = None):
-  """Target test accuracy vs the number of source groups copied, frozen
-  (AnB) vs fine-tuned (AnB+); mean over seeds with the 95 % t-interval as
-  error bars (Yosinski et al. 2014, Fig. 2)."""
-  values = {k: v for k, v in _seed_accuracies(
-      study, ['transfer.copy_groups', 'transfer.regime']).items()
-            if k[0] is not None}  # members that set copy_groups.
-  fig, ax = plotting.figure()
-  data: dict[str, Any] = {'error_bars': '95 % t-interval over seeds',
-                          'unit': 'target test accuracy %'}
-  ns = []
-  for i, (label, regimes_) in enumerate((
-      ('frozen (AnB)', ('fine_tune', 'feature_extraction')),
-      ('fine-tuned (AnB+)', ('full',)))):
-    # n = 0 copies nothing: scratch, the start of both curves.
-    points = sorted(((k[0], _interval(v)) for k, v in values.items()
-                     if k[1] in regimes_ or k[0] == 0), key=lambda t: t[0])
-    if not points:
-      continue
-    ns += [v['n'] for _, v in points]
-    ax.errorbar([n for n, _ in points], [v['mean'] for _, v in points],
-                yerr=[v['half95'] for _, v in points], marker='os'[i],
-                capsize=4, ls='-' if i else '--', label=label,
-                color=plotting.PALETTE[i])
-    data[label] = {str(n): v for n, v in points}
-  copies = sorted({k[0] for k in values})
-  ax.set_xticks(copies)
-  ax.set(xlabel='source parameter groups copied, n (0 = from scratch)',
-         ylabel='target test accuracy (%)',
-         title=f'{source_label(study)} source: the first n groups copied')
-  if ns:
-    ax.legend(title=interval_text(ns), loc='lower left')
-  return plotting.save(fig, path, data)
 
 
 def read_probes(directory: str) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ same ones, so they compare paired (`paired_differences`).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -345,6 +346,31 @@ def protocol_rows(p: Protocol, grid_rows: Sequence[dict[str, Any]],
   return out
 
 
+def write_rows(rows: Sequence[dict[str, Any]], path: str) -> None:
+  """`protocol_rows` as CSV (`ROW_COLUMNS`)."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=ROW_COLUMNS)
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({k: r[k] for k in ROW_COLUMNS})
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+  """The rows `write_rows` wrote, numbers parsed ('' stays '')."""
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    for key in ('shots', 'per_class', 'seed', 'steps'):
+      r[key] = int(r[key]) if r[key] != '' else ''
+    for key in ('learning_rate', 'weight_decay', 'l2_reg',
+                'validation_accuracy', 'test_accuracy'):
+      if r[key] != '':
+        r[key] = float(r[key])
+      elif key.endswith('accuracy'):
+        r[key] = math.nan
+  return rows
+
+
 def _by_cell(rows: Sequence[dict[str, Any]]
              ) -> dict[tuple[str, int, str], dict[int, float]]:
   """{(target, shots, regime): {seed: test accuracy %}} of completed rows."""
@@ -569,9 +595,8 @@ def guidance_figure(p: Protocol, rows: Sequence[dict[str, Any]],
       ax.minorticks_off()
     top.set(title=TARGET_LABELS.get(target, target),
             ylabel='test accuracy (%)')
-    bottom.set(xlabel='training examples per class (digits "1000": all '
-                      '≈115)' if target == 'digits' else
-               'training examples per class',
+    bottom.set(xlabel='examples per class ("1000": all, ≈115)'
+               if target == 'digits' else 'training examples per class',
                ylabel='minus scratch, same seeds (points)')
   fig.suptitle(f'Transfer from {source or "the source"}: every regime tuned '
                'on validation' if source else
@@ -653,9 +678,8 @@ def yosinski_figure(p: Protocol, values: dict[tuple[str, str, int],
     ax.set(title=TARGET_LABELS.get(target, str(target)),
            xlabel='parameter groups copied, n (0 = scratch)',
            ylabel=f'test accuracy (%), {shots} examples per class')
-  fig.suptitle(f'{source or "Source"}: copy the first n groups from A '
-               '(source task) or B (the target itself), frozen or '
-               'fine-tuned (+)')
+  fig.suptitle(f'{source or "Source"}: the first n groups from A (source '
+               'task) or B (target task),\nfrozen or fine-tuned (+)')
   if handles:
     lo, hi = min(ns), max(ns)
     fig.legend(handles=list(handles.values()), loc='outside lower center',
