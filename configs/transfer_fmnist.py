@@ -6,13 +6,15 @@
         --workdir=runs/transfer_fmnist_grid          # 1. choose, seed 0
     python main.py --config=configs/transfer_fmnist.py \
         --workdir=runs/transfer_fmnist               # 2. the other seeds
-    python main.py --mode=probe --config=configs/transfer_fmnist.py \
+    python main.py --mode=probe --config=configs/transfer_source.py \
         --workdir=runs/transfer_source_lenet5 --probe_layers=pre_logits \
         --probe_method=logistic --probe_shots=10,100,1000 \
-        --probe_seeds=0,1,2,3,4 --probe_out=runs/transfer_linear/lenet5-fmnist59
-                                                     # 3. the linear regime
-(and step 3 again with TARGETS['digits']'s input fields, `digits` in the
-name; `python scripts/export_transfer.py` then writes results/transfer_fmnist/).
+        --probe_seeds=0,1,2,3,4 --config.input.classes='(5,6,7,8,9)' \
+        --config.input.validation_per_class=100 \
+        --probe_out=runs/transfer_linear/lenet5-fmnist59   # 3. linear
+(step 3 again with TARGETS['digits']'s input fields and --probe_shots=10,100,0
+into lenet5-digits; `python scripts/export_transfer.py` then writes
+results/transfer_fmnist/). The README lists every command.
 
 Source: LeNet-5 trained on Fashion-MNIST classes 0-4
 (configs/transfer_source.py). Targets: Fashion-MNIST classes 5-9 (Sandal,

@@ -7,9 +7,9 @@
         --workdir=runs/transfer_fmnist_resnet_grid
     python main.py --config=configs/transfer_fmnist_resnet.py \
         --workdir=runs/transfer_fmnist_resnet
-    python main.py --mode=probe --config=configs/transfer_fmnist_resnet.py \
-        --workdir=runs/transfer_source_resnet20 ...   # the linear regime,
-                                                      # as transfer_fmnist.py's
+    python main.py --mode=probe --config=configs/transfer_source_resnet.py \
+        --workdir=runs/transfer_source_resnet20 ...  # the linear regime, as
+                                                     # transfer_fmnist.py's
 
 The same targets, examples per class, steps, seeds and grid; the four
 parameter groups are stem, stage1, stage2, stage3 (freeze1 freezes the stem,

@@ -98,6 +98,17 @@ def _protocol(runs: str, results: str, network: str, redraw: bool
                                 ['full@0.01', 'full@0.001'])
             + '\n\n## Chosen on validation (seed 0): learning rate / weight '
             'decay, or the logistic L2\n\n' + tp.choices_table(p, rows) + '\n')
+  ridge = []
+  for target in p.targets:  # the ridge probes of the same features.
+    where = os.path.join(results if redraw else runs, PROBES,
+                         f'{network}-{target}')
+    if os.path.exists(os.path.join(where, 'probe.csv')):
+      ridge += [dict(r, target=target) for r in analysis.read_probes(where)]
+  if ridge and linear:
+    tables += ('\n## The linear regime against the ridge probe of the same '
+               'features (test accuracy %, paired over seeds)\n\n' +
+               tp.linear_vs_ridge_table(tp.linear_vs_ridge(linear, ridge))
+               + '\n')
   with open(os.path.join(dest, 'tables.md'), 'w') as f:
     f.write(tables)
   print(tables)

@@ -165,3 +165,18 @@ def test_yosinski_members_copy_from_a_or_the_targets_own_network(tmp_path):
   assert b['init_from'] == str(grid / tp.member_name(b0))
   assert b['transfer.copy_groups'] == 2 and b['transfer.freeze_groups'] == 2
   assert b[tp.LEARNING_RATE] == 0.01  # freeze2's choice.
+
+
+def test_linear_vs_ridge_pairs_the_same_seeds():
+  linear = [dict(target='digits', shots=10, seed=s, test_accuracy=a)
+            for s, a in ((0, 0.80), (1, 0.84), (2, 0.90))]
+  ridge = [dict(target='digits', shots=10, seed=s, layer=layer,
+                test_accuracy=a)
+           for s, a in ((0, 0.79), (1, 0.82), (3, 0.5))
+           for layer in ('stage2', 'pre_logits')]
+  (c,) = tp.linear_vs_ridge(linear, ridge)
+  assert c['n'] == 2 and c['difference'] == pytest.approx(1.5)
+  assert c['logistic'] == pytest.approx(82.0)
+  assert c['ridge'] == pytest.approx(80.5)
+  assert '| digits | 10 | 82.0 | 80.5 | +1.5 ±' in tp.linear_vs_ridge_table(
+      [c])

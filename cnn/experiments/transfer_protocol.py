@@ -687,3 +687,50 @@ def yosinski_figure(p: Protocol, values: dict[tuple[str, str, int],
                f'{lo}–{hi} seeds' if lo != hi else
                f'mean ± 95 % interval, n = {lo} seeds')
   return plotting.save(fig, path, data)
+
+
+def linear_vs_ridge(linear_rows: Sequence[dict[str, Any]],
+                    ridge_rows: Sequence[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+  """The linear regime against the ridge probe of the same features.
+
+  Args:
+    linear_rows: `probe.csv` rows of the linear regime (logistic on
+      pre_logits), each with 'target'.
+    ridge_rows: ridge `probe.csv` rows of the same source, each with
+      'target' (only their pre_logits rows are read).
+
+  Returns:
+    One dict per (target, shots) both have: logistic and ridge test accuracy
+    (%, means over the seeds both have) and the paired difference with its
+    95 % half-width and n.
+  """
+  ridge = {(r['target'], r['shots'], r['seed']): 100 * r['test_accuracy']
+           for r in ridge_rows if r['layer'] == 'pre_logits'}
+  by_cell: dict[tuple, list[tuple[float, float]]] = {}
+  for r in linear_rows:
+    key = (r['target'], r['shots'], r['seed'])
+    if key in ridge:
+      by_cell.setdefault(key[:2], []).append(
+          (100 * r['test_accuracy'], ridge[key]))
+  out = []
+  for (target, shots), pairs in by_cell.items():
+    mean, half = plotting.interval95([a - b for a, b in pairs])
+    out.append(dict(target=target, shots=shots,
+                    logistic=float(np.mean([a for a, _ in pairs])),
+                    ridge=float(np.mean([b for _, b in pairs])),
+                    difference=mean, half95=half, n=len(pairs)))
+  return out
+
+
+def linear_vs_ridge_table(comparison: Sequence[dict[str, Any]]) -> str:
+  """Markdown of `linear_vs_ridge`."""
+  lines = ['| target | examples per class | linear (logistic, L-BFGS) | '
+           'ridge probe | difference [95 %] | n |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for c in comparison:
+    lines.append(
+        f"| {c['target']} | {c['shots'] or 'all'} | {c['logistic']:.1f} | "
+        f"{c['ridge']:.1f} | {c['difference']:+.1f} ± {c['half95']:.1f} | "
+        f"{c['n']} |")
+  return '\n'.join(lines)
