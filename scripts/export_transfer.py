@@ -95,7 +95,7 @@ def _protocol(runs: str, results: str, network: str, redraw: bool
   tables = (f'## {source}: test accuracy %, mean ± std (seeds) '
             '[paired difference to scratch ± 95 % half-width]\n\n'
             + tp.guidance_table(p, rows, list(tp.REGIME_STYLE) +
-                                ['full@0.01', 'full@0.001'])
+                                [f'full@{lr:g}' for lr in p.learning_rates])
             + '\n\n## Chosen on validation (seed 0): learning rate / weight '
             'decay, or the logistic L2\n\n' + tp.choices_table(p, rows) + '\n')
   ridge = []
