@@ -54,7 +54,8 @@ The protocol (Kornblith, Shlens & Le 2019, scaled to 2 CPU cores):
 `:runlocal` (with or without `grid`) shrinks every member (`default.shrink`,
 32 steps) and keeps seed 0 (the grid) or 1 (seeds), both targets, 10 shots
 and the first rate and weight decay: the smoke test of the whole protocol
-(about five minutes on 2 CPU cores), from RUNLOCAL_SOURCE_WORKDIR:
+(with configs/transfer_yosinski.py's, 15 minutes on 2 CPU cores shared
+with three other runs), from RUNLOCAL_SOURCE_WORKDIR:
 
     python main.py --config=configs/transfer_source.py:runlocal \
         --workdir=/tmp/runlocal/transfer_source_lenet5

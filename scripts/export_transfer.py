@@ -133,11 +133,12 @@ def _yosinski(runs: str, results: str, network: str, protocol_rows,
                             transfer_yosinski.COLUMN)
   tp.yosinski_figure(p, values, os.path.join(dest, 'yosinski.png'),
                      source=analysis.model_label(network))
-  print(f'## {name}: test accuracy %, mean ± std (seeds)\n')
-  for key in sorted(values):
-    v = list(values[key].values())
-    print(f'{key}: {tp._cell_text(v)}')  # pylint: disable=protected-access
-  print()
+  table = (f'## {analysis.model_label(network)}, Yosinski et al.: test '
+           'accuracy %, mean ± std (seeds); n = 0 is scratch, n = 4 frozen '
+           'from A the linear regime\n\n' + tp.yosinski_table(values) + '\n')
+  with open(os.path.join(dest, 'tables.md'), 'w') as f:
+    f.write(table)
+  print(table)
 
 
 def _probes(runs: str, results: str, redraw: bool) -> None:

@@ -180,3 +180,23 @@ def test_linear_vs_ridge_pairs_the_same_seeds():
   assert c['ridge'] == pytest.approx(80.5)
   assert '| digits | 10 | 82.0 | 80.5 | +1.5 ±' in tp.linear_vs_ridge_table(
       [c])
+
+
+def test_yosinski_rows_take_scratch_and_linear_from_the_protocol():
+  rows = [_row(dict(tp.member(P, 'fmnist59', 0, 'freeze2', 0.01, 0.0, s),
+                    **{'transfer.copy_groups': 2, 'init_from': init}),
+               0.1, 0.1 + 0.01 * s)
+          for s in (0, 1) for init in ('runs/source', 'runs/b')]
+  protocol = [dict(target='fmnist59', shots=10, seed=s, regime=regime,
+                   test_accuracy=acc)
+              for s in (0, 1, 2) for regime, acc in (('scratch', 0.8),
+                                                     ('linear', 0.7))]
+  values = tp.yosinski_rows(P, rows, ('runs/source',), protocol, column=0)
+  assert values['fmnist59', 'AnB', 2] == {0: 90.0, 1: 89.0}
+  assert values['fmnist59', 'BnB', 2] == {0: 90.0, 1: 89.0}
+  # Scratch starts every line; seed 2 has no Yosinski member: left out.
+  assert values['fmnist59', 'BnB+', 0] == {0: 80.0, 1: 80.0}
+  assert values['fmnist59', 'AnB', 4] == {0: 70.0, 1: 70.0}
+  table = tp.yosinski_table(values)
+  assert '| fmnist59 | AnB | 80.0 ± 0.0 (2) |' in table
+  assert 'n = 4' in table

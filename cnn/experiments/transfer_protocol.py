@@ -734,3 +734,19 @@ def linear_vs_ridge_table(comparison: Sequence[dict[str, Any]]) -> str:
         f"{c['ridge']:.1f} | {c['difference']:+.1f} ± {c['half95']:.1f} | "
         f"{c['n']} |")
   return '\n'.join(lines)
+
+
+def yosinski_table(values: dict[tuple[str, str, int], dict[int, float]]
+                   ) -> str:
+  """Markdown of `yosinski_rows`: per target, a line per transfer (AnB,
+  AnB+, BnB, BnB+), a column per n, cells 'mean ± std (n)'."""
+  copies = sorted({k[2] for k in values})
+  lines = ['| target | transfer | ' + ' | '.join(f'n = {n}' for n in copies)
+           + ' |', '| --- | --- |' + ' --- |' * len(copies)]
+  for target in dict.fromkeys(k[0] for k in values):
+    for line, *_ in YOSINSKI_LINES:
+      cells = [_cell_text(list(values.get((target, line, n), {}).values()))
+               for n in copies]
+      if any(cells):
+        lines.append(f'| {target} | {line} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
