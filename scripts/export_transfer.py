@@ -72,7 +72,7 @@ def _linear_rows(runs: str, dest: str, network: str, targets, redraw: bool
       shutil.copy2(src, os.path.join(out, 'probe.csv'))
     if os.path.exists(os.path.join(out, 'probe.csv')):
       rows += [dict(r, target=target) for r in analysis.read_probes(out)
-               if r['layer'] == 'pre_logits' and r['method'] == 'logistic']
+               if r['layer'] == 'pre_logits']
   return rows
 
 
@@ -88,8 +88,16 @@ def _protocol(runs: str, results: str, network: str, redraw: bool
     return None
   seeds = _export_sweep(os.path.join(runs, name), os.path.join(dest, 'seeds'),
                         redraw) or []
-  linear = _linear_rows(runs, dest, network, p.targets, redraw)
-  rows = tp.protocol_rows(p, grid, seeds, linear)
+  logistic = _linear_rows(runs, dest, network, p.targets, redraw)
+  ridge = []
+  for target in p.targets:  # the ridge probes of the same features.
+    where = os.path.join(results if redraw else runs, PROBES,
+                         f'{network}-{target}')
+    if os.path.exists(os.path.join(where, 'probe.csv')):
+      ridge += [dict(r, target=target) for r in analysis.read_probes(where)]
+  # The linear regime: logistic or ridge, whichever validation prefers.
+  rows = tp.protocol_rows(p, grid, seeds, tp.select_linear([*logistic,
+                                                            *ridge]))
   tp.write_rows(rows, os.path.join(dest, 'protocol.csv'))
   source = analysis.model_label(network)
   tables = (f'## {source}: test accuracy %, mean ± std (seeds) '
@@ -98,16 +106,16 @@ def _protocol(runs: str, results: str, network: str, redraw: bool
                                 [f'full@{lr:g}' for lr in p.learning_rates])
             + '\n\n## Chosen on validation (seed 0): learning rate / weight '
             'decay, or the logistic L2\n\n' + tp.choices_table(p, rows) + '\n')
-  ridge = []
-  for target in p.targets:  # the ridge probes of the same features.
-    where = os.path.join(results if redraw else runs, PROBES,
-                         f'{network}-{target}')
-    if os.path.exists(os.path.join(where, 'probe.csv')):
-      ridge += [dict(r, target=target) for r in analysis.read_probes(where)]
-  if ridge and linear:
-    tables += ('\n## The linear regime against the ridge probe of the same '
-               'features (test accuracy %, paired over seeds)\n\n' +
-               tp.linear_vs_ridge_table(tp.linear_vs_ridge(linear, ridge))
+  if ridge and logistic:
+    tables += ('\n## Logistic regression (L-BFGS) against the ridge probe of '
+               'the same features (test accuracy %, paired over seeds)\n\n' +
+               tp.linear_vs_ridge_table(tp.linear_vs_ridge(logistic, ridge))
+               + '\n\n## The linear regime (the head validation chose) '
+               'against the ridge probe\n\n' + tp.linear_vs_ridge_table(
+                   tp.linear_vs_ridge([dict(r, shots=r['per_class'])
+                                       for r in rows
+                                       if r['regime'] == tp.LINEAR], ridge),
+                   label='linear regime')
                + '\n')
   with open(os.path.join(dest, 'tables.md'), 'w') as f:
     f.write(tables)

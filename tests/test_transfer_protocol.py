@@ -114,8 +114,8 @@ def test_rows_tables_and_paired_intervals():
     bonus = gains[m['seed']] if m['transfer.regime'] == 'full' else 0.0
     seeds.append(_row(m, 0.1, 0.11 - bonus / 100))
   linear = [dict(target='fmnist59', shots=10, seed=s, l2_reg=10.0,
-                 validation_accuracy=0.8, test_accuracy=0.85)
-            for s in (0, 1, 2)]
+                 method='logistic', validation_accuracy=0.8,
+                 test_accuracy=0.85) for s in (0, 1, 2)]
   rows = tp.protocol_rows(P, grid, seeds, linear)
   assert set(tp.ROW_COLUMNS) <= set(rows[0])
   cell = [r for r in rows if r['target'] == 'fmnist59' and r['shots'] == 10
@@ -139,7 +139,7 @@ def test_rows_tables_and_paired_intervals():
   assert f'[+{np.mean(values):.1f} ± {half:.1f}]' in table
   choices = tp.choices_table(P, rows)
   assert '| digits | full | 0.001 / 0.0005 |' in choices
-  assert '| fmnist59 | linear | L2 10 |' in choices
+  assert '| fmnist59 | linear | logistic, L2 10 |' in choices
 
 
 def test_yosinski_members_copy_from_a_or_the_targets_own_network(tmp_path):
@@ -200,3 +200,13 @@ def test_yosinski_rows_take_scratch_and_linear_from_the_protocol():
   table = tp.yosinski_table(values)
   assert '| fmnist59 | AnB | 80.0 ± 0.0 (2) |' in table
   assert 'n = 4' in table
+
+
+def test_the_linear_head_is_the_one_validation_prefers():
+  rows = [dict(target='digits', shots=10, seed=0, layer=layer, method=m,
+               validation_accuracy=v, test_accuracy=t)
+          for layer, m, v, t in (('pre_logits', 'logistic', 0.7, 0.6),
+                                 ('pre_logits', 'ridge', 0.8, 0.5),
+                                 ('stage2', 'ridge', 0.9, 0.9))]
+  (chosen,) = tp.select_linear(rows)
+  assert chosen['method'] == 'ridge' and chosen['test_accuracy'] == 0.5

@@ -278,7 +278,7 @@ def protocol_sweep(p: Protocol, *, grid: bool, runlocal: bool,
 
 # --------------------------------------------------------- rows and tables
 
-ROW_COLUMNS = ('target', 'shots', 'per_class', 'regime', 'seed',
+ROW_COLUMNS = ('target', 'shots', 'per_class', 'regime', 'seed', 'head',
                'learning_rate', 'weight_decay', 'l2_reg', 'steps',
                'validation_accuracy', 'test_accuracy', 'status', 'member',
                'git_commit')
@@ -298,7 +298,8 @@ def protocol_rows(p: Protocol, grid_rows: Sequence[dict[str, Any]],
     p: the protocol.
     grid_rows, seed_rows: `sweep_results.collect` rows of the two sweeps.
     linear_rows: `probe.csv` rows of the `linear` regime (layer
-      'pre_logits', method 'logistic'), each with 'target' added.
+      'pre_logits'), each with 'target' added: one per (target, shots,
+      seed), e.g. `select_linear`'s.
 
   Returns:
     Trained regimes: seed 0 from the grid (at the cell's choice, and for
@@ -314,7 +315,8 @@ def protocol_rows(p: Protocol, grid_rows: Sequence[dict[str, Any]],
     out.append(dict(
         target=row['target'], shots=p.shots[row['column']],
         per_class=int(row['input.per_class']), regime=regime,
-        seed=int(row['seed']), learning_rate=float(row[LEARNING_RATE]),
+        seed=int(row['seed']), head='sgd',
+        learning_rate=float(row[LEARNING_RATE]),
         weight_decay=float(row[WEIGHT_DECAY]), l2_reg='',
         steps=p.steps[row['column']],
         validation_accuracy=_accuracy(row['final_validation_error']),
@@ -338,8 +340,9 @@ def protocol_rows(p: Protocol, grid_rows: Sequence[dict[str, Any]],
     column = p.per_class[target].index(per_class)
     out.append(dict(
         target=target, shots=p.shots[column], per_class=per_class,
-        regime=LINEAR, seed=int(row['seed']), learning_rate='',
-        weight_decay='', l2_reg=float(row['l2_reg']), steps='',
+        regime=LINEAR, seed=int(row['seed']), head=row['method'],
+        learning_rate='', weight_decay='', l2_reg=float(row['l2_reg']),
+        steps='',
         validation_accuracy=float(row['validation_accuracy']),
         test_accuracy=float(row['test_accuracy']), status='completed',
         member=row.get('member', ''), git_commit=row.get('git_commit', '')))
@@ -448,7 +451,7 @@ def choices_table(p: Protocol, rows: Sequence[dict[str, Any]]) -> str:
     if r['seed'] != p.seeds[0][0] or r['regime'].startswith('full@'):
       continue
     if r['regime'] == LINEAR:
-      text = f'L2 {r["l2_reg"]:g}'
+      text = f'{r["head"]}, L2 {r["l2_reg"]:g}'
     else:
       text = f'{r["learning_rate"]:g} / {r["weight_decay"]:g}'
     picked[r['target'], r['shots'], r['regime']] = text
@@ -689,6 +692,25 @@ def yosinski_figure(p: Protocol, values: dict[tuple[str, str, int],
   return plotting.save(fig, path, data)
 
 
+def select_linear(probe_rows: Sequence[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+  """The linear regime's head per (target, shots, seed): of the probes of
+  `pre_logits` fitted on those examples (e.g. logistic regression by
+  L-BFGS and ridge regression, each with its L2 chosen on validation), the
+  one with the higher validation accuracy (ties: the first given). The
+  loss is chosen as the L2 is, on validation; the test split plays no part.
+  """
+  best: dict[tuple, dict[str, Any]] = {}
+  for r in probe_rows:
+    if r['layer'] != 'pre_logits' or r['validation_accuracy'] == '':
+      continue
+    key = (r['target'], r['shots'], r['seed'])
+    if key not in best or (r['validation_accuracy'] >
+                           best[key]['validation_accuracy']):
+      best[key] = r
+  return list(best.values())
+
+
 def linear_vs_ridge(linear_rows: Sequence[dict[str, Any]],
                     ridge_rows: Sequence[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
@@ -723,9 +745,10 @@ def linear_vs_ridge(linear_rows: Sequence[dict[str, Any]],
   return out
 
 
-def linear_vs_ridge_table(comparison: Sequence[dict[str, Any]]) -> str:
-  """Markdown of `linear_vs_ridge`."""
-  lines = ['| target | examples per class | linear (logistic, L-BFGS) | '
+def linear_vs_ridge_table(comparison: Sequence[dict[str, Any]],
+                          label: str = 'logistic (L-BFGS)') -> str:
+  """Markdown of `linear_vs_ridge`; `label` names the compared head."""
+  lines = [f'| target | examples per class | {label} | '
            'ridge probe | difference [95 %] | n |',
            '| --- | --- | --- | --- | --- | --- |']
   for c in comparison:
