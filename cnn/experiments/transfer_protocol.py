@@ -542,7 +542,7 @@ REGIME_STYLE = {  # label, line style: scratch dashed, frozen-more lighter.
     'freeze1': ('first group frozen', '-'),
     'freeze2': ('first 2 groups frozen', '-'),
     'freeze3': ('first 3 groups frozen', '-'),
-    LINEAR: ('linear on frozen features (L-BFGS)', ':'),
+    LINEAR: ('linear head on frozen features', ':'),
 }
 TARGET_LABELS = {'fmnist59': 'similar target: Fashion-MNIST 5–9',
                  'digits': 'different target: digits'}
