@@ -113,6 +113,9 @@ def test_export_transfer_script_writes_results_and_tables(
   for name in committed:
     shutil.copytree(os.path.join(REPO, 'results', name), results / name)
     (results / name / 'guidance.png').unlink()
+  if committed:  # the ridge probes the linear regime is chosen against.
+    shutil.copytree(os.path.join(REPO, 'results', 'transfer_probes'),
+                    results / 'transfer_probes', dirs_exist_ok=True)
   redrawn = subprocess.run(
       [sys.executable, os.path.join(REPO, 'scripts', 'export_transfer.py'),
        '--runs=/nonexistent', f'--results={results}', '--redraw'],

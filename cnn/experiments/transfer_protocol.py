@@ -19,7 +19,15 @@ so does this module, scaled to a CPU:
 
 Every member sets `input.sample_seed` to its seed: seeds draw their own
 few-shot (and validation) examples, and two regimes of one seed see the
-same ones, so they compare paired (`paired_differences`).
+same ones, so they compare paired (`paired_differences`). The `linear`
+regime's head per seed is the probe (logistic by L-BFGS or ridge, each
+with its L2 chosen on validation) that validation prefers
+(`select_linear`); `linear_vs_ridge` checks it against the ridge probe.
+
+Also: `yosinski_members` / `yosinski_rows` (Yosinski et al. 2014's AnB,
+AnB+, BnB, BnB+ on the protocol's targets, its choices and its scratch
+networks as B), and the tables and figures (`guidance_table`,
+`choices_table`, `yosinski_table`, `guidance_figure`, `yosinski_figure`).
 """
 
 from __future__ import annotations
@@ -536,7 +544,7 @@ def yosinski_name(overrides: dict[str, Any],
 
 # ------------------------------------------------------------------ figures
 
-REGIME_STYLE = {  # label, line style: scratch dashed, frozen-more lighter.
+REGIME_STYLE = {  # regime: (legend label, line style).
     'scratch': ('from scratch', '--'),
     'full': ('fine-tune all (full)', '-'),
     'freeze1': ('first group frozen', '-'),
