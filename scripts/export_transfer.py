@@ -105,7 +105,8 @@ def _protocol(runs: str, results: str, network: str, redraw: bool
             + tp.guidance_table(p, rows, list(tp.REGIME_STYLE) +
                                 [f'full@{lr:g}' for lr in p.learning_rates])
             + '\n\n## Chosen on validation (seed 0): learning rate / weight '
-            'decay, or the linear head and its L2\n\n' + tp.choices_table(p, rows) + '\n')
+            'decay, or the linear head and its L2\n\n'
+            + tp.choices_table(p, rows) + '\n')
   if ridge and logistic:
     tables += ('\n## Logistic regression (L-BFGS) against the ridge probe of '
                'the same features (test accuracy %, paired over seeds)\n\n' +
