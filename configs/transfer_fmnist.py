@@ -126,8 +126,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   _, runlocal = stage(arg)
   config = default.get_config()
   config.init_from = RUNLOCAL_SOURCE_WORKDIR if runlocal else SOURCE_WORKDIR
-  for key, value in TARGETS['fmnist59'].items():
-    transfer_protocol.set_dotted(config, key, value)
+  config.update_from_flattened_dict(TARGETS['fmnist59'])
   config.input.batch_size = 50
   config.input.augment.flip_lr = False
   config.optimizer.name = 'sgd'

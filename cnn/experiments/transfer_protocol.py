@@ -79,14 +79,6 @@ class Protocol:
   weight_decays: tuple[float, ...]
 
 
-def set_dotted(config, key: str, value: Any) -> None:
-  """`config.a.b = value` for key 'a.b'."""
-  *parents, leaf = key.split('.')
-  for p in parents:
-    config = config[p]
-  config[leaf] = value
-
-
 def regime_overrides(regime: str) -> dict[str, Any]:
   """'scratch' | 'full' | 'freeze<k>' -> `config.transfer` overrides
   (`transfer.freeze_groups` = 0 where nothing is frozen, so the column reads
